@@ -1,0 +1,279 @@
+"""RETFound Vision Transformers as MindSpore cells.
+
+Parameter names are the PyTorch state_dict keys of upstream RETFound (timm 0.9.2 VisionTransformer),
+so a converted checkpoint loads by name with no renaming table. Only `nn`/`ops` layers are used:
+most `mint.nn` layers have no CPU kernel in MindSpore 2.10.
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, TruncatedNormal, Zero, initializer
+
+__all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models", "model_config"]
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis whose parameters are `weight`/`bias` like torch's (nn.LayerNorm says gamma/beta)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = Parameter(initializer("ones", (dim,), ms.float32), name="weight")
+        self.bias = Parameter(initializer("zeros", (dim,), ms.float32), name="bias")
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        return self.layer_norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))[0]
+
+
+class GELU(nn.Cell):
+    """Exact (erf) GELU as torch's default; nn.GELU() defaults to the tanh approximation (1.3e-4 off)."""
+
+    def construct(self, x):
+        return ops.gelu(x, approximate="none")
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (timm's drop_path, scale_by_keep=True)."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+        self.keep_prob = 1.0 - self.drop_prob
+
+    def construct(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = ops.floor(self.keep_prob + ops.rand(shape, dtype=x.dtype))
+        return x / self.keep_prob * mask
+
+
+class PatchEmbed(nn.Cell):
+    """Non-overlapping patch projection: (B, 3, H, W) -> (B, N, D)."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode="valid",
+                              has_bias=True, weight_init=TruncatedNormal(0.02), bias_init="zeros")
+
+    def construct(self, x):
+        x = self.proj(x)  # (B, D, g, g)
+        b, d = x.shape[0], x.shape[1]
+        return x.reshape(b, d, -1).transpose(0, 2, 1)
+
+
+def _dense(in_features, out_features, bias=True):
+    return nn.Dense(in_features, out_features, has_bias=bias,
+                    weight_init=TruncatedNormal(0.02), bias_init="zeros")
+
+
+class Attention(nn.Cell):
+    def __init__(self, dim, num_heads=8, qkv_bias=False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = _dense(dim, dim * 3, bias=qkv_bias)
+        self.proj = _dense(dim, dim)
+
+    def construct(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))
+        attn = ops.softmax(attn, axis=-1)
+        x = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj(x)
+
+
+class Mlp(nn.Cell):
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        self.fc1 = _dense(in_features, hidden_features)
+        self.act = GELU()
+        self.fc2 = _dense(hidden_features, in_features)
+
+    def construct(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Cell):
+    def __init__(self, dim, init_values=1e-5):
+        super().__init__()
+        self.gamma = Parameter(initializer(float(init_values), (dim,), ms.float32), name="gamma")
+
+    def construct(self, x):
+        return x * self.gamma.astype(x.dtype)
+
+
+class Block(nn.Cell):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.0, init_values=None, eps=1e-6):
+        super().__init__()
+        self.norm1 = LayerNorm(dim, eps)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = LayerNorm(dim, eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def construct(self, x):
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+class VisionTransformer(nn.Cell):
+    """ViT with a class token; `global_pool=True` is upstream RETFound's MAE fine-tuning head.
+
+    global_pool=True: features = fc_norm(fc_norm(mean of patch tokens)); no final `norm`.
+    DELIBERATE DOUBLE fc_norm: upstream's `forward_features` applies fc_norm, and timm 0.9.x's
+    `forward_head` applies the same fc_norm again before `head`. Every fine-tuned upstream checkpoint
+    was trained through both, so we apply it twice to give the same logits.
+    global_pool=False: features = norm(x)[:, 0] (class token).
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
+                 num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.0, global_pool=False,
+                 init_values=None, eps=1e-6):
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.global_pool = bool(global_pool)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = Parameter(initializer(Normal(1e-6), (1, 1, embed_dim), ms.float32), name="cls_token")
+        self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, num_patches + 1, embed_dim), ms.float32),
+                                   name="pos_embed")
+        rates = np.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        self.blocks = nn.CellList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], init_values, eps) for i in range(depth)])
+        if self.global_pool:
+            self.fc_norm = LayerNorm(embed_dim, eps)
+        else:
+            self.norm = LayerNorm(embed_dim, eps)
+        self.head = _dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @property
+    def depth(self):
+        return len(self.blocks)
+
+    def no_weight_decay(self):
+        return {"pos_embed", "cls_token"}
+
+    def forward_tokens(self, x):
+        """All tokens after the last block, before any norm: (B, 1 + N, D)."""
+        x = self.patch_embed(x)
+        cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, self.embed_dim))
+        x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward_features(self, x):
+        """The (B, embed_dim) vector `head` receives: the embedding users extract."""
+        x = self.forward_tokens(x)
+        if self.global_pool:
+            x = x[:, 1:, :].mean(axis=1)
+            return self.fc_norm(self.fc_norm(x))  # twice, as upstream on timm 0.9.x (see class docstring)
+        return self.norm(x)[:, 0]
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.head(x)
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+_MODELS = {}
+_CONFIGS = {}
+
+
+def register_model(fn=None, **cfg):
+    """Register a model function; cfg holds its defaults (input size, patch) for scripts and tests."""
+    def wrap(f):
+        _MODELS[f.__name__] = f
+        _CONFIGS[f.__name__] = dict(cfg)
+        return f
+    return wrap(fn) if fn is not None else wrap
+
+
+def _vit(img_size, num_classes, drop_path_rate, global_pool, overrides, **arch):
+    """Build a registered size; keyword overrides (e.g. depth=2 for tests) replace the size's values."""
+    arch.update(overrides)
+    return VisionTransformer(img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path_rate,
+                             global_pool=global_pool, **arch)
+
+
+@register_model(patch_size=16, family="mae")
+def RETFound_mae(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
+    """RETFound-MAE encoder: ViT-L/16 (upstream `models_vit.RETFound_mae`)."""
+    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=1024, depth=24,
+                num_heads=16, mlp_ratio=4, qkv_bias=True)
+
+
+@register_model(patch_size=14, family="dinov2")
+def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """RETFound-DINOv2 encoder: timm `vit_large_patch14_dinov2.lvd142m` (LayerScale, class token, final norm).
+
+    `global_pool` is accepted and ignored, as upstream does for this model.
+    """
+    return _vit(img_size, num_classes, drop_path_rate, False, kwargs, patch_size=14, embed_dim=1024, depth=24,
+                num_heads=16, mlp_ratio=4, qkv_bias=True, init_values=1e-5)
+
+
+@register_model(patch_size=16, family="mae")
+def vit_tiny_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
+    """Small MAE-style ViTs (timm sizes) for CPU experiments and tests."""
+    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=192, depth=12,
+                num_heads=3)
+
+
+@register_model(patch_size=16, family="mae")
+def vit_small_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
+    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=384, depth=12,
+                num_heads=6)
+
+
+@register_model(patch_size=16, family="mae")
+def vit_base_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
+    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=768, depth=12,
+                num_heads=12)
+
+
+def list_models():
+    return sorted(_MODELS)
+
+
+def model_config(name):
+    """Registered defaults of a model: patch size and family ('mae' or 'dinov2')."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    return dict(_CONFIGS[name])
+
+
+def create_model(name, **kwargs):
+    model_config(name)  # raises the clear error for an unknown name
+    return _MODELS[name](**kwargs)
+
+
+def trunc_normal_head_(model, std=2e-5):
+    """Re-initialise the classifier as upstream does after loading pretrained weights."""
+    if isinstance(model.head, nn.Dense):
+        model.head.weight.set_data(initializer(TruncatedNormal(std), model.head.weight.shape, ms.float32))
+        model.head.bias.set_data(initializer(Zero(), model.head.bias.shape, ms.float32))
+
+
+def num_params(model):
+    return sum(math.prod(p.shape) for p in model.trainable_params())

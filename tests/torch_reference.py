@@ -1,0 +1,78 @@
+"""The PyTorch reference: upstream RETFound's models on timm 0.9.2, and random non-trivial weights.
+
+Imported only by tests (and benchmarks); torch and timm are dev extras, never runtime requirements.
+"""
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+import timm
+import timm.models.vision_transformer
+
+
+class UpstreamVisionTransformer(timm.models.vision_transformer.VisionTransformer):
+    """Upstream RETFound's `models_vit.VisionTransformer`, as it runs on timm 0.9.x.
+
+    `forward_features` returns fc_norm(mean(..., keepdim=True)); timm's `forward_head` then takes
+    x[:, 0] and applies fc_norm a second time. That is the behaviour our port reproduces.
+    """
+
+    def __init__(self, global_pool=False, **kwargs):
+        super().__init__(**kwargs)
+        self.global_pool = global_pool
+        if self.global_pool:
+            self.fc_norm = kwargs["norm_layer"](kwargs["embed_dim"])
+            del self.norm
+
+    def forward_features(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for blk in self.blocks:
+            x = blk(x)
+        if self.global_pool:
+            return self.fc_norm(x[:, 1:, :].mean(dim=1, keepdim=True))
+        return self.norm(x)[:, 0]
+
+
+_MAE_SIZES = {
+    "RETFound_mae": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def create_reference(name, img_size=224, num_classes=5, drop_path_rate=0.0, global_pool=True, depth=None):
+    """The upstream model for one of our registry names (depth overrides the size, for fast tests)."""
+    if name == "RETFound_dinov2":
+        extra = {} if depth is None else {"depth": depth}
+        return timm.create_model("vit_large_patch14_dinov2.lvd142m", pretrained=False, img_size=img_size,
+                                 num_classes=num_classes, drop_path_rate=drop_path_rate, **extra)
+    size = dict(_MAE_SIZES[name])
+    if depth is not None:
+        size["depth"] = depth
+    return UpstreamVisionTransformer(img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path_rate,
+                                     global_pool=global_pool, mlp_ratio=4, qkv_bias=True,
+                                     norm_layer=partial(nn.LayerNorm, eps=1e-6), **size)
+
+
+@torch.no_grad()
+def randomize_(model, seed=0):
+    """Random weights that exercise every parameter: norm weights away from 1, gammas 0.05-0.5."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.copy_(torch.rand(p.shape, generator=g) * 0.45 + 0.05)
+        elif "norm" in name and name.endswith("weight"):
+            p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+        elif name.endswith("bias"):
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def numpy_state_dict(model):
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}

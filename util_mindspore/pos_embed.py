@@ -1,0 +1,49 @@
+"""Position-embedding resizing that reproduces upstream's `F.interpolate(mode='bicubic', align_corners=False)`.
+
+MindSpore's bicubic resize uses another kernel (differences up to 0.45 on real embeddings), so the
+torch kernel is rebuilt here in numpy: separable cubic convolution, a = -0.75, half-pixel source
+positions, indices clamped at the borders, no antialiasing.
+"""
+import numpy as np
+
+_A = -0.75
+
+
+def _cubic_weights(t):
+    """Weights of the 4 taps at offsets -1, 0, 1, 2 for a fractional position t (torch's upsample_bicubic2d)."""
+    def near(x):  # |x| <= 1
+        return ((_A + 2) * x - (_A + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def bicubic_matrix(in_size, out_size):
+    """(out_size, in_size) matrix M such that M @ v resizes v like torch's bicubic, align_corners=False."""
+    scale = in_size / out_size
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    base = np.floor(src)
+    weights = _cubic_weights(src - base)
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for tap in range(4):
+        idx = np.clip(base.astype(np.int64) - 1 + tap, 0, in_size - 1)
+        np.add.at(matrix, (np.arange(out_size), idx), weights[:, tap])
+    return matrix
+
+
+def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1):
+    """Resize a (1, extra + g*g, D) position embedding to new_grid x new_grid; extra tokens are kept."""
+    pos_embed = np.asarray(pos_embed)
+    extra, tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
+    old_grid = int(round(tokens.shape[1] ** 0.5))
+    if old_grid * old_grid != tokens.shape[1]:
+        raise ValueError(f"pos_embed has {tokens.shape[1]} patch positions, not a square grid")
+    if old_grid == new_grid:
+        return pos_embed
+    dim = tokens.shape[-1]
+    grid = tokens.reshape(old_grid, old_grid, dim).astype(np.float64)
+    m = bicubic_matrix(old_grid, new_grid)
+    resized = np.einsum("ih,hwd,jw->ijd", m, grid, m).reshape(1, new_grid * new_grid, dim)
+    return np.concatenate([extra, resized.astype(pos_embed.dtype)], axis=1)

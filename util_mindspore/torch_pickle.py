@@ -1,0 +1,112 @@
+"""Read PyTorch `.pth` checkpoints without torch and without running pickled code.
+
+A torch zip checkpoint is a pickle (`<root>/data.pkl`) that refers to raw tensor storages
+(`<root>/data/<key>`). We unpickle with an allow-list (tensors, ordered dicts, argparse.Namespace,
+plain containers) and rebuild tensors lazily: nothing is read from a storage until `to_numpy`, so the
+parts we drop (MAE decoder, DINO heads, optimizer state) never cost memory.
+"""
+import argparse
+import collections
+import pickle
+import zipfile
+
+import numpy as np
+
+# torch storage class name -> numpy dtype (bfloat16 is read as its uint16 bits and widened in to_numpy)
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The checkpoint asks for a Python object outside the allow-list (it could run code)."""
+
+
+class _Storage:
+    def __init__(self, archive, name, dtype):
+        self.archive, self.name, self.dtype = archive, name, dtype
+
+    def read(self):
+        raw = self.archive.read(self.name)
+        if self.dtype == "bfloat16":
+            bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            return bits.view(np.float32)
+        return np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
+
+
+class LazyTensor:
+    """A tensor as the pickle describes it; `to_numpy()` reads its bytes."""
+
+    def __init__(self, storage, offset, shape, stride):
+        self.storage, self.offset = storage, int(offset)
+        self.shape, self.stride = tuple(int(s) for s in shape), tuple(int(s) for s in stride)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def to_numpy(self):
+        flat = self.storage.read()
+        if not self.shape:
+            return np.array(flat[self.offset])
+        item = flat.itemsize
+        view = np.lib.stride_tricks.as_strided(flat[self.offset:], shape=self.shape,
+                                               strides=tuple(s * item for s in self.stride), writeable=False)
+        return np.ascontiguousarray(view).astype(view.dtype.newbyteorder("="), copy=False)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    return LazyTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
+    return data
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, fileobj, archive, root, source):
+        super().__init__(fileobj)
+        self.archive, self.root, self.source = archive, root, source
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "argparse" and name == "Namespace":
+            return argparse.Namespace
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        raise UnsafePickleError(
+            f"{self.source}: refusing to unpickle '{module}.{name}': only tensors, dicts, argparse.Namespace "
+            "and plain containers are read (a checkpoint that needs more could run code)")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
+            raise UnsafePickleError(f"{self.source}: unexpected persistent id {pid!r}")
+        return _Storage(self.archive, f"{self.root}/data/{pid[2]}", _STORAGE_DTYPES[pid[1]])
+
+
+def load(path):
+    """Unpickle a torch zip checkpoint into plain Python objects with LazyTensor leaves.
+
+    The zip archive stays open as long as the returned tensors are referenced.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path}: not a PyTorch zip checkpoint ({exc}); legacy (torch < 1.6) files and "
+                         "truncated downloads are not readable") from None
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise ValueError(f"{path}: no data.pkl in the archive: not a PyTorch checkpoint")
+    root = pickles[0].split("/")[0]
+    byteorder = f"{root}/byteorder"
+    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+        raise ValueError(f"{path}: big-endian checkpoints are not supported")
+    with archive.open(pickles[0]) as fh:
+        return _SafeUnpickler(fh, archive, root, path).load()

@@ -1,0 +1,441 @@
+"""Turn a RETFound checkpoint source into MindSpore parameters: download once, convert once, load strictly.
+
+Sources: a published name (YukunZhou/<name>/<name>.pth on HuggingFace), `org/repo[/file]` on the hub,
+a local .pth/.pt/.bin/.safetensors, or a .ckpt of ours. Downloads go through huggingface_hub only, so
+its cache, HF_TOKEN / `huggingface-cli login`, HF_ENDPOINT and HF_HUB_OFFLINE all apply.
+
+Unlike upstream (which loads with strict=False and ignores what did not fit), every key is accounted
+for: a missing or mis-shaped backbone parameter is an error, and the load report lists the rest.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+
+import numpy as np
+
+from util_mindspore import torch_pickle
+from util_mindspore.pos_embed import interpolate_pos_embed
+
+logger = logging.getLogger("retfound.weights")
+
+CONVERTER_VERSION = 1
+CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+# Every published RETFound checkpoint, described once: HuggingFace repo, file, and source family.
+PUBLISHED = {
+    "RETFound_mae_natureCFP": "mae",
+    "RETFound_mae_natureOCT": "mae",
+    "RETFound_mae_meh": "mae",
+    "RETFound_mae_shanghai": "mae",
+    "RETFound_dinov2_meh": "dinov2",
+    "RETFound_dinov2_shanghai": "dinov2",
+}
+HF_ORG = "YukunZhou"
+
+# Backbone parameters: a model parameter of these families must come from the checkpoint.
+_BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
+# Source keys that are not part of the encoder (MAE decoder, DINO heads, masking token).
+_DROPPED = re.compile(r"^(decoder_|mask_token$|dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
+
+
+class WeightError(ValueError):
+    """A checkpoint cannot be fetched, read or loaded; the message is one line that says what to do."""
+
+
+@dataclasses.dataclass
+class Source:
+    name: str  # cache stem
+    kind: str  # 'hub', 'local' or 'ckpt'
+    path: str = None
+    repo_id: str = None
+    filename: str = None
+
+
+def default_cache_dir():
+    return os.environ.get("RETFOUND_MS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                               "retfound_mindspore")
+
+
+def resolve_source(name_or_path):
+    """Decide what a --finetune / --resume value names (see the module docstring)."""
+    value = str(name_or_path)
+    if value in PUBLISHED:
+        return Source(value, "hub", repo_id=f"{HF_ORG}/{value}", filename=f"{value}.pth")
+    if os.path.exists(value):
+        if os.path.isdir(value):
+            raise WeightError(f"{value}: is a directory, not a checkpoint file")
+        stem, ext = os.path.splitext(os.path.basename(value))
+        if ext.lower() == ".ckpt":
+            return Source(stem, "ckpt", path=os.path.abspath(value))
+        if ext.lower() not in CHECKPOINT_EXTENSIONS:
+            raise WeightError(f"{value}: unknown checkpoint type '{ext}' (use {', '.join(CHECKPOINT_EXTENSIONS)})")
+        return Source(stem, "local", path=os.path.abspath(value))
+    parts = value.split("/")
+    looks_local = value.startswith((".", "/", "~")) or os.sep != "/" and os.sep in value
+    if not looks_local and len(parts) >= 2 and all(parts):
+        if len(parts) == 2 and not value.lower().endswith(CHECKPOINT_EXTENSIONS):
+            filename = f"{parts[1]}.pth"  # the RETFound convention: <repo>/<repo>.pth
+        elif len(parts) >= 3:
+            filename = "/".join(parts[2:])
+        else:
+            filename = None
+        if filename:
+            stem = os.path.splitext(filename.replace("/", "_"))[0]
+            return Source(f"{parts[0]}--{parts[1]}--{stem}", "hub", repo_id="/".join(parts[:2]), filename=filename)
+    if value.lower().endswith(CHECKPOINT_EXTENSIONS) or looks_local:
+        raise WeightError(f"{value}: no such checkpoint file")
+    raise WeightError(f"unknown checkpoint '{value}': use a file path, 'org/repo[/file]', or one of "
+                      f"{', '.join(PUBLISHED)}")
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, torch_pickle.LazyTensor):
+        return value.to_numpy()
+    # a torch.Tensor (torch reader); bfloat16 has no numpy type
+    tensor = value.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _is_tensor(value):
+    return isinstance(value, (np.ndarray, torch_pickle.LazyTensor)) or type(value).__name__ in ("Tensor", "Parameter")
+
+
+def _read_torch_file(path):
+    """Unpickle a torch checkpoint safely: torch.load(weights_only=True) when torch exists, else our reader."""
+    try:
+        import torch
+    except ImportError:
+        return torch_pickle.load(path)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def read_checkpoint_file(path):
+    """The object stored in a checkpoint file, tensors left lazy where the format allows."""
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.numpy import load_file
+            return load_file(path)
+        return _read_torch_file(path)
+    except WeightError:
+        raise
+    except Exception as exc:  # corrupt, truncated, unsafe: one line, no traceback for the user
+        kind = "unsafe" if "refusing" in str(exc) or "weights_only" in str(exc).lower() or \
+            "Unsupported global" in str(exc) else "unreadable (truncated or corrupt?)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightError(f"{path}: {kind} checkpoint: {first}") from None
+
+
+# --- layouts: one small function per source family ---------------------------------------------------------
+
+def _select_state_dict(obj):
+    """Pick the weights inside a checkpoint: model (MAE, fine-tuned), teacher (DINOv2), state_dict, module, root."""
+    if isinstance(obj, dict):
+        for key in ("model", "teacher", "state_dict", "module", "model_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                return key, obj[key]
+        return "root", obj
+    raise WeightError(f"checkpoint holds a {type(obj).__name__}, not a dict of weights")
+
+
+def _strip_prefixes(sd):
+    out = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _convert_mae(sd):
+    """MAE pretraining (encoder + decoder) and fine-tuned checkpoints: keep the encoder, names unchanged."""
+    return {k: v for k, v in sd.items() if not _DROPPED.match(k)}
+
+
+def _convert_dinov2(sd):
+    """DINOv2 teacher: drop heads, un-chunk `blocks.<chunk>.<i>.`, rename SwiGLU w12/w3 as upstream does."""
+    out = {}
+    for key, value in sd.items():
+        if _DROPPED.match(key):
+            continue
+        key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
+        key = key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
+        out[key] = value
+    return out
+
+
+def checkpoint_filter_fn(obj):
+    """Published checkpoint object -> (flat dict name -> tensor, layout name). The one place for layout rules."""
+    container, sd = _select_state_dict(obj)
+    sd = {k: v for k, v in sd.items() if _is_tensor(v)}
+    if not sd:
+        raise WeightError(f"checkpoint '{container}' holds no tensors")
+    dinov2 = container == "teacher" or any(k.startswith("backbone.") for k in sd) or \
+        any(k.startswith(("dino_head.", "ibot_head.")) for k in sd)
+    sd = _strip_prefixes(sd)
+    if dinov2:
+        return _convert_dinov2(sd), "dinov2"
+    return _convert_mae(sd), ("finetuned" if "head.weight" in sd else "mae")
+
+
+# --- cache ------------------------------------------------------------------------------------------------
+
+def _sha256(path, chunk=16 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_identity(path):
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_meta(meta_path):
+    try:
+        with open(meta_path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomic_json(path, data):
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def save_arrays_ckpt(arrays, path, append_dict=None):
+    """Write name -> array as a MindSpore .ckpt through a temp file, so a crash never leaves half a file."""
+    import mindspore as ms
+    tmp = f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    items = [{"name": k, "data": ms.Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()]
+    ms.save_checkpoint(items, tmp, append_dict=append_dict)
+    os.replace(tmp, path)
+
+
+def _hub_file_etag(source, token, revision):
+    """ETag of the hub file (a HEAD request, no download); None when the hub cannot be asked."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError, OfflineModeIsEnabled
+    import huggingface_hub.constants as hf_constants
+    if hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
+        return None
+    url = hf_hub_url(source.repo_id, source.filename, revision=revision,
+                     endpoint=os.environ.get("HF_ENDPOINT") or None)
+    try:
+        return get_hf_file_metadata(url, token=token).etag
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
+        return None
+    except Exception:  # requests' connection errors and timeouts
+        return None
+
+
+def _download(source, token, revision):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                       RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError)
+    where = f"{source.repo_id}/{source.filename}"
+    try:
+        return hf_hub_download(source.repo_id, source.filename, revision=revision, token=token,
+                               endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except GatedRepoError:
+        raise WeightError(_gated_message(source)) from None
+    except RepositoryNotFoundError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise WeightError(_gated_message(source)) from None
+        raise WeightError(f"{source.repo_id}: repository not found on the hub "
+                          f"({os.environ.get('HF_ENDPOINT') or 'huggingface.co'})") from None
+    except RevisionNotFoundError:
+        raise WeightError(f"{where}: revision '{revision}' not found") from None
+    except EntryNotFoundError:
+        raise WeightError(f"{where}: no such file in the repository") from None
+    except LocalEntryNotFoundError:
+        raise WeightError(f"{where}: not in the HuggingFace cache and the hub cannot be reached "
+                          "(offline or HF_HUB_OFFLINE=1); download it once while online") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise WeightError(_gated_message(source)) from None
+        raise WeightError(f"{where}: download failed: {str(exc).splitlines()[0]}") from None
+
+
+def _gated_message(source):
+    return (f"{source.repo_id} is gated: request access at https://huggingface.co/{source.repo_id}, then run "
+            "`huggingface-cli login` or set HF_TOKEN (or pass --token)")
+
+
+def _cache_paths(cache_dir, source):
+    base = os.path.join(cache_dir, source.name)
+    return base + ".ckpt", base + ".json", base + ".lock"
+
+
+def _is_cache_hit(source, ckpt_path, meta, token, revision):
+    if meta is None or meta.get("converter_version") != CONVERTER_VERSION or not os.path.exists(ckpt_path):
+        return False
+    if source.kind == "local":
+        if meta.get("source_path") != source.path:
+            return False
+        if meta.get("source_identity") == _file_identity(source.path):
+            return True
+        return meta.get("source_sha256") == _sha256(source.path)
+    if meta.get("repo_id") != source.repo_id or meta.get("filename") != source.filename or \
+            meta.get("revision") != revision:
+        return False
+    etag = _hub_file_etag(source, token, revision)
+    if etag is None:  # offline or unreachable: the conversion we have is the best we can do
+        logger.info("hub unreachable: using the cached conversion %s", ckpt_path)
+        return True
+    return etag == meta.get("etag")
+
+
+def _convert(source, path, ckpt_path, meta_path, extra_meta):
+    started = time.time()
+    state_dict, layout = checkpoint_filter_fn(read_checkpoint_file(path))
+    arrays = {}
+    for key, value in state_dict.items():
+        array = _to_numpy(value)
+        arrays[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+    del state_dict
+    save_arrays_ckpt(arrays, ckpt_path)
+    meta = dict(extra_meta, source_name=source.name, source_sha256=_sha256(path), layout=layout,
+                converter_version=CONVERTER_VERSION, num_tensors=len(arrays),
+                keys_sample=sorted(arrays)[:3], converted_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _write_atomic_json(meta_path, meta)
+    logger.info("converted %s (%s layout, %d tensors) in %.1f s -> %s", path, layout, len(arrays),
+                time.time() - started, ckpt_path)
+
+
+def download_and_convert_weights(name_or_path, cache_dir=None, token=None, revision=None, force=False):
+    """Path of the MindSpore .ckpt for a checkpoint source; downloads and converts only when needed.
+
+    Ranks starting together convert once: the first takes a file lock, the others wait and reuse it.
+    """
+    from filelock import FileLock
+    source = resolve_source(name_or_path)
+    if source.kind == "ckpt":
+        return source.path
+    cache_dir = cache_dir or default_cache_dir()
+    os.makedirs(cache_dir, exist_ok=True)
+    ckpt_path, meta_path, lock_path = _cache_paths(cache_dir, source)
+    token = token or None
+    with FileLock(lock_path):
+        if not force and _is_cache_hit(source, ckpt_path, _read_meta(meta_path), token, revision):
+            return ckpt_path
+        if source.kind == "local":
+            path, extra = source.path, {"source_path": source.path, "source_identity": _file_identity(source.path)}
+        else:
+            path = _download(source, token, revision)
+            etag = os.path.basename(os.path.realpath(path))  # huggingface_hub names blobs by their ETag
+            extra = {"repo_id": source.repo_id, "filename": source.filename, "revision": revision, "etag": etag}
+        if os.path.exists(meta_path):
+            os.remove(meta_path)  # the metadata marks a complete conversion: drop it first
+        _convert(source, path, ckpt_path, meta_path, extra)
+    return ckpt_path
+
+
+# --- loading into a model ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadReport:
+    source: str
+    loaded: list
+    missing: list
+    unexpected: list
+    interpolated: list
+    reinitialized: list
+
+    def __str__(self):
+        def few(keys):
+            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "") if keys else "none"
+        return (f"loaded {len(self.loaded)} tensors from {self.source}; missing: {few(self.missing)}; "
+                f"unexpected: {few(self.unexpected)}; interpolated: {few(self.interpolated)}; "
+                f"re-initialised: {few(self.reinitialized)}")
+
+
+def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
+    """Load name -> array into `model` by name; strict about the backbone, loud about everything else."""
+    import mindspore as ms
+    from models_vit_mindspore import trunc_normal_head_
+    params = dict(model.parameters_and_names())
+    arrays = dict(arrays)
+    interpolated, reinitialized, mismatched = [], [], []
+    if "pos_embed" in arrays and "pos_embed" in params and \
+            tuple(arrays["pos_embed"].shape) != tuple(params["pos_embed"].shape):
+        grid = model.patch_embed.grid_size
+        old = arrays["pos_embed"].shape
+        arrays["pos_embed"] = interpolate_pos_embed(arrays["pos_embed"], grid)
+        interpolated.append(f"pos_embed {tuple(old)}->{tuple(arrays['pos_embed'].shape)}")
+    head_keys = [k for k in params if k.startswith("head.")]
+    head_fits = keep_head and head_keys and all(
+        k in arrays and tuple(arrays[k].shape) == tuple(params[k].shape) for k in head_keys)
+    for name, param in params.items():
+        if name in arrays and tuple(arrays[name].shape) != tuple(param.shape) and not name.startswith("head."):
+            mismatched.append(f"{name} {tuple(arrays[name].shape)} vs model {tuple(param.shape)}")
+    missing = [n for n in params if n not in arrays]
+    missing_backbone = [n for n in missing if _BACKBONE.match(n)]
+    if mismatched or missing_backbone:
+        problem = (f"mis-shaped: {'; '.join(mismatched[:3])}" if mismatched else
+                   f"missing backbone keys: {', '.join(missing_backbone[:4])}")
+        total = len(mismatched) + len(missing_backbone)
+        raise WeightError(f"{source} does not fit this model ({total} keys): {problem}")
+    loaded = []
+    for name, param in params.items():
+        if name.startswith("head.") and not head_fits:
+            continue
+        if name in arrays:
+            param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name]), dtype=param.dtype))
+            loaded.append(name)
+    if head_keys and not head_fits:
+        trunc_normal_head_(model, std=2e-5)
+        reinitialized.extend(head_keys)
+    unexpected = sorted(k for k in arrays if k not in params or (k.startswith("head.") and not head_fits))
+    missing = [n for n in missing if n not in reinitialized]
+    report = LoadReport(source, loaded, missing, unexpected, interpolated, reinitialized)
+    logger.info("%s", report)
+    return report
+
+
+def load_ckpt_arrays(ckpt_path, prefix=""):
+    """name -> numpy array from one of our .ckpt files (keys starting with `prefix`, prefix removed)."""
+    import mindspore as ms
+    try:
+        params = ms.load_checkpoint(ckpt_path)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightError(f"{ckpt_path}: unreadable MindSpore checkpoint: {first}") from None
+    return {k[len(prefix):]: v.asnumpy() for k, v in params.items()
+            if k.startswith(prefix) and isinstance(v, ms.Parameter)}
+
+
+def load_pretrained_weights(model, name_or_path, cache_dir=None, token=None, revision=None, force=False):
+    """Convert if needed, then load into `model`; returns the LoadReport (also logged).
+
+    pos_embed is interpolated to the model's grid as upstream does; a `head` whose shape differs (or that
+    the source lacks) is re-initialised trunc_normal(std=2e-5) as upstream does. A head that fits (an
+    upstream fine-tuned checkpoint-best.pth) is kept, where upstream would re-initialise it: we keep what
+    the user's checkpoint holds.
+    """
+    ckpt_path = download_and_convert_weights(name_or_path, cache_dir, token=token, revision=revision, force=force)
+    arrays = load_ckpt_arrays(ckpt_path)
+    if any(k.startswith("model.") for k in arrays):  # a training checkpoint of ours (see misc.save_model)
+        arrays = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    return load_arrays_into_model(model, arrays, source=str(name_or_path))
