@@ -234,7 +234,6 @@ def save_arrays_ckpt(arrays, path, append_dict=None):
 def _hub_file_etag(source, token, revision):
     """ETag of the hub file (a HEAD request, no download); None when the hub cannot be asked."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.utils import HfHubHTTPError, OfflineModeIsEnabled
     import huggingface_hub.constants as hf_constants
     if hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
         return None
@@ -242,9 +241,9 @@ def _hub_file_etag(source, token, revision):
                      endpoint=os.environ.get("HF_ENDPOINT") or None)
     try:
         return get_hf_file_metadata(url, token=token).etag
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
-        return None
-    except Exception:  # requests' connection errors and timeouts
+    except Exception as exc:  # HTTP errors, offline mode, connection errors and timeouts of any HTTP client
+        logger.info("could not ask the hub for %s/%s (%s)", source.repo_id, source.filename,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None
 
 
@@ -258,6 +257,9 @@ def _download(source, token, revision):
                                endpoint=os.environ.get("HF_ENDPOINT") or None)
     except GatedRepoError:
         raise WeightError(_gated_message(source)) from None
+    except LocalEntryNotFoundError:  # before EntryNotFoundError: it is a subclass in huggingface_hub 1.x+
+        raise WeightError(f"{where}: not in the HuggingFace cache and the hub cannot be reached "
+                          "(offline or HF_HUB_OFFLINE=1); download it once while online") from None
     except RepositoryNotFoundError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
@@ -268,9 +270,6 @@ def _download(source, token, revision):
         raise WeightError(f"{where}: revision '{revision}' not found") from None
     except EntryNotFoundError:
         raise WeightError(f"{where}: no such file in the repository") from None
-    except LocalEntryNotFoundError:
-        raise WeightError(f"{where}: not in the HuggingFace cache and the hub cannot be reached "
-                          "(offline or HF_HUB_OFFLINE=1); download it once while online") from None
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):

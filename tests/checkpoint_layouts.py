@@ -1,0 +1,91 @@
+"""Checkpoints written in the exact layouts RETFound publishes, and upstream's loading procedure in torch.
+
+Only tests use this: it needs torch. See ../shared/reference/retfound-facts.md for the layouts.
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from tests.torch_reference import create_reference, randomize_
+
+
+def _decoder(sd, patch, dec_dim=32, positions=197):
+    g = torch.Generator().manual_seed(7)
+    sd["mask_token"] = torch.randn(1, 1, dec_dim, generator=g)
+    sd["decoder_pos_embed"] = torch.randn(1, positions, dec_dim, generator=g)
+    sd["decoder_embed.weight"] = torch.randn(dec_dim, sd["cls_token"].shape[-1], generator=g)
+    sd["decoder_embed.bias"] = torch.randn(dec_dim, generator=g)
+    sd["decoder_blocks.0.norm1.weight"] = torch.randn(dec_dim, generator=g)
+    sd["decoder_blocks.0.attn.qkv.weight"] = torch.randn(3 * dec_dim, dec_dim, generator=g)
+    sd["decoder_norm.weight"] = torch.randn(dec_dim, generator=g)
+    sd["decoder_pred.weight"] = torch.randn(patch * patch * 3, dec_dim, generator=g)
+    return sd
+
+
+def mae_pretrained(path, name="vit_tiny_patch16", seed=11, **size):
+    """A RETFound-MAE pretraining checkpoint: encoder with norm.*, 14x14 grid, decoder, optimizer, args."""
+    encoder = randomize_(create_reference(name, img_size=224, num_classes=0, global_pool=False, **size), seed)
+    sd = {k: v.clone() for k, v in encoder.state_dict().items()}
+    sd = _decoder(sd, patch=16)
+    first = sd["patch_embed.proj.weight"]
+    torch.save({
+        "model": sd,
+        "optimizer": {"state": {0: {"step": torch.tensor(10.0), "exp_avg": torch.zeros_like(first)}},
+                      "param_groups": [{"lr": 1.5e-4, "weight_decay": 0.05, "params": [0]}]},
+        "epoch": 799,
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                   "_growth_tracker": 17},
+        "args": argparse.Namespace(model="mae_vit_large_patch16", input_size=224, mask_ratio=0.75, norm_pix_loss=True,
+                                   batch_size=64, data_path="/data/retina", seed=0),
+    }, path)
+    return sd
+
+
+def dinov2_pretrained(path, chunked=False, depth=2, seed=12):
+    """A RETFound-DINOv2 teacher: backbone. prefix, 37x37 grid (518 px), mask token, DINO/iBOT heads."""
+    backbone = randomize_(create_reference("RETFound_dinov2", img_size=518, num_classes=0, depth=depth), seed)
+    teacher = {}
+    per_chunk = max(1, depth // 4) if chunked else None
+    for key, value in backbone.state_dict().items():
+        if chunked and key.startswith("blocks."):
+            index = int(key.split(".")[1])
+            key = f"blocks.{index // per_chunk}.{key[len('blocks.'):]}"
+        teacher["backbone." + key] = value.clone()
+    g = torch.Generator().manual_seed(13)
+    teacher["backbone.mask_token"] = torch.randn(1, 1024, generator=g)
+    teacher["dino_head.mlp.0.weight"] = torch.randn(64, 1024, generator=g)
+    teacher["dino_head.last_layer.weight_g"] = torch.randn(1, 64, generator=g)
+    teacher["ibot_head.mlp.0.weight"] = torch.randn(64, 1024, generator=g)
+    torch.save({"teacher": teacher}, path)
+    return teacher
+
+
+def finetuned(path, name="vit_tiny_patch16", num_classes=3, img_size=224, seed=14, **size):
+    """An upstream fine-tuned checkpoint-best.pth: fc_norm + head, optimizer, scaler, args."""
+    model = randomize_(create_reference(name, img_size=img_size, num_classes=num_classes, global_pool=True, **size),
+                       seed)
+    torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 42,
+                "scaler": {"scale": 1024.0}, "args": argparse.Namespace(nb_classes=num_classes, model=name)}, path)
+    return model
+
+
+def upstream_load(model, path):
+    """Upstream main_finetune.py's --finetune procedure (torch side), without its head re-initialisation."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    sd = checkpoint["teacher"] if "teacher" in checkpoint else checkpoint["model"]
+    sd = {k.replace("backbone.", ""): v for k, v in sd.items()}
+    sd = {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in sd.items()}
+    state = model.state_dict()
+    for k in ("head.weight", "head.bias"):
+        if k in sd and sd[k].shape != state[k].shape:
+            del sd[k]
+    pos = sd["pos_embed"]
+    grid_new = model.patch_embed.grid_size[0]
+    grid_old = int((pos.shape[1] - 1) ** 0.5)
+    if grid_old != grid_new:
+        tokens = pos[:, 1:].reshape(1, grid_old, grid_old, -1).permute(0, 3, 1, 2)
+        tokens = F.interpolate(tokens, size=(grid_new, grid_new), mode="bicubic", align_corners=False)
+        sd["pos_embed"] = torch.cat((pos[:, :1], tokens.permute(0, 2, 3, 1).flatten(1, 2)), dim=1)
+    model.load_state_dict(sd, strict=False)
+    return model.eval()

@@ -1,0 +1,313 @@
+import json
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import models_vit_mindspore as M
+from util_mindspore import torch_pickle, weight_converter as wc
+from tests.hf_server import FakeHub, use_endpoint
+from tests.parity import ms_logits, random_images, record, set_mode
+
+torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
+pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
+from tests import checkpoint_layouts as layouts  # noqa: E402
+from tests.torch_reference import create_reference  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "hf_test_token"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    with FakeHub(token=TOKEN) as server:
+        use_endpoint(monkeypatch, server.endpoint)
+        yield server
+
+
+def publish(hub, tmp_path, name, writer, **kwargs):
+    path = str(tmp_path / f"{name}.pth")
+    writer(path, **kwargs)
+    hub.add(f"YukunZhou/{name}", f"{name}.pth", path, gated=True)
+    return path
+
+
+def same_random_head(ref, ours):
+    """Both sides re-draw the head (std 2e-5, logits near 0); give both one larger head so logits mean something."""
+    import mindspore as ms
+    rng = np.random.default_rng(8)
+    weight = (0.05 * rng.standard_normal(tuple(ref.head.weight.shape))).astype(np.float32)
+    bias = (0.05 * rng.standard_normal(tuple(ref.head.bias.shape))).astype(np.float32)
+    ours.head.weight.set_data(ms.Tensor(weight))
+    ours.head.bias.set_data(ms.Tensor(bias))
+    with torch.no_grad():
+        ref.head.weight.copy_(torch.from_numpy(weight))
+        ref.head.bias.copy_(torch.from_numpy(bias))
+    return ref
+
+
+def assert_logits_equal(ours, ref, size, what):
+    images = random_images(2, size, seed=21)
+    with torch.no_grad():
+        expected = ref.eval()(torch.from_numpy(images)).numpy()
+    diff = np.abs(ms_logits(ours, images) - expected).max()
+    record(what, diff)
+    assert diff <= 1e-4
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+def test_torch_free_reader_gives_the_arrays_torch_load_gives(tmp_path):
+    path = str(tmp_path / "mae.pth")
+    layouts.mae_pretrained(path)
+    with torch.serialization.safe_globals([__import__("argparse").Namespace]):
+        expected = torch.load(path, map_location="cpu", weights_only=True)
+    ours = torch_pickle.load(path)
+    assert ours["epoch"] == 799 and ours["args"].mask_ratio == 0.75 and ours["scaler"]["_growth_tracker"] == 17
+    assert set(ours["model"]) == set(expected["model"])
+    for key, tensor in expected["model"].items():
+        array = ours["model"][key].to_numpy()
+        assert array.dtype == np.float32 and array.shape == tuple(tensor.shape)
+        np.testing.assert_array_equal(array, tensor.numpy())
+
+
+def test_torch_free_reader_handles_views_half_and_bfloat16(tmp_path):
+    base = torch.randn(4, 6)
+    obj = {"view": base[1:3, ::2], "t": base.t(), "half": torch.randn(3).half(), "bf16": torch.randn(5).bfloat16(),
+           "long": torch.arange(4), "param": torch.nn.Parameter(torch.randn(2, 2))}
+    path = str(tmp_path / "misc.pth")
+    torch.save(obj, path)
+    ours = torch_pickle.load(path)
+    for key, tensor in obj.items():
+        np.testing.assert_array_equal(ours[key].to_numpy(), tensor.detach().float().numpy()
+                                      if key == "bf16" else tensor.detach().numpy())
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("reader", ["torch", "torch-free"])
+def test_a_pickle_payload_never_runs(tmp_path, monkeypatch, reader):
+    marker = tmp_path / "payload_ran"
+    path = str(tmp_path / "evil.pth")
+    torch.save({"model": {"cls_token": torch.zeros(1)}, "args": _Payload(marker)}, path)
+    if reader == "torch-free":
+        monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(wc.WeightError, match="unsafe checkpoint"):
+        wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
+    assert not marker.exists()
+    assert not list((tmp_path / "cache").glob("*.ckpt"))
+
+
+def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):
+    path = str(tmp_path / "mae.pth")
+    layouts.mae_pretrained(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(wc.WeightError, match="unreadable"):
+        wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_layout_rules():
+    sd = {"backbone.blocks.1.3.mlp.w12.weight": np.zeros(2), "backbone.blocks.1.3.mlp.w3.bias": np.zeros(2),
+          "backbone.cls_token": np.zeros(2), "backbone.mask_token": np.zeros(2), "dino_head.mlp.0.weight": np.zeros(2)}
+    converted, layout = wc.checkpoint_filter_fn({"teacher": sd})
+    assert layout == "dinov2"
+    assert sorted(converted) == ["blocks.3.mlp.fc1.weight", "blocks.3.mlp.fc2.bias", "cls_token"]
+    converted, layout = wc.checkpoint_filter_fn({"model": {"module.head.weight": np.zeros(2),
+                                                           "decoder_pred.weight": np.zeros(2)}, "epoch": 3})
+    assert (sorted(converted), layout) == (["head.weight"], "finetuned")
+
+
+def test_unknown_name_lists_the_published_ones():
+    with pytest.raises(wc.WeightError, match="RETFound_mae_meh.*RETFound_dinov2_shanghai"):
+        wc.resolve_source("RETFound_mae_mehh")
+    assert wc.resolve_source("someorg/somerepo").filename == "somerepo.pth"
+    assert wc.resolve_source("someorg/somerepo/sub/w.safetensors").filename == "sub/w.safetensors"
+
+
+# --- download, cache, load: the published layouts through the loopback hub ---------------------------------
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_mae_published_checkpoint_downloads_once_converts_once_and_matches_upstream(hub, tmp_path, size):
+    set_mode("pynative")
+    path = publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    ours = M.create_model("vit_tiny_patch16", img_size=size, num_classes=3)
+    report = wc.load_pretrained_weights(ours, "RETFound_mae_meh", token=TOKEN)
+    assert hub.gets() == 1
+    assert set(report.missing) == {"fc_norm.weight", "fc_norm.bias"}
+    assert set(report.reinitialized) == {"head.weight", "head.bias"}
+    assert "norm.weight" in report.unexpected and not any(k.startswith("decoder") for k in report.unexpected)
+    assert bool(report.interpolated) == (size != 224)
+    ours.set_train(False)
+    ref = layouts.upstream_load(create_reference("vit_tiny_patch16", img_size=size, num_classes=3), path)
+    assert_logits_equal(ours, same_random_head(ref, ours), size, f"converted MAE layout (tiny) at {size}px")
+
+    started = time.time()
+    again = wc.download_and_convert_weights("RETFound_mae_meh", token=TOKEN)
+    assert time.time() - started < 1.0
+    assert hub.gets() == 1  # a cache hit: a HEAD to check the ETag, no GET, no conversion
+    meta = json.load(open(again[:-len(".ckpt")] + ".json"))
+    assert meta["layout"] == "mae" and meta["converter_version"] == wc.CONVERTER_VERSION
+    assert len(meta["source_sha256"]) == 64 and meta["repo_id"] == "YukunZhou/RETFound_mae_meh"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_dinov2_teacher_518_to_224_matches_upstream(hub, tmp_path, chunked):
+    set_mode("pynative")
+    name = "RETFound_dinov2_shanghai" if chunked else "RETFound_dinov2_meh"
+    publish(hub, tmp_path, name, layouts.dinov2_pretrained, chunked=chunked, depth=4)
+    plain = str(tmp_path / "plain.pth")
+    layouts.dinov2_pretrained(plain, chunked=False, depth=4)  # upstream cannot read chunks: compare to plain
+    ours = M.create_model("RETFound_dinov2", img_size=224, num_classes=3, depth=4)
+    report = wc.load_pretrained_weights(ours, name, token=TOKEN)
+    assert report.missing == [] and report.interpolated and set(report.reinitialized) == {"head.weight", "head.bias"}
+    ours.set_train(False)
+    ref = layouts.upstream_load(create_reference("RETFound_dinov2", img_size=224, num_classes=3, depth=4), plain)
+    assert_logits_equal(ours, same_random_head(ref, ours), 224,
+                        f"converted DINOv2 teacher 518->224 (depth 4){' chunked' if chunked else ''}")
+
+
+def test_upstream_finetuned_checkpoint_keeps_its_head_and_matches(tmp_path):
+    set_mode("pynative")
+    path = str(tmp_path / "checkpoint-best.pth")
+    ref = layouts.finetuned(path, num_classes=3)
+    ours = M.create_model("vit_tiny_patch16", img_size=224, num_classes=3)
+    report = wc.load_pretrained_weights(ours, path)
+    assert report.missing == [] and report.unexpected == [] and report.reinitialized == []
+    ours.set_train(False)
+    assert_logits_equal(ours, ref, 224, "upstream fine-tuned checkpoint-best.pth (tiny)")
+
+
+def test_changed_source_or_force_converts_again(hub, tmp_path):
+    path = publish(hub, tmp_path, "RETFound_mae_natureCFP", layouts.mae_pretrained)
+    wc.download_and_convert_weights("RETFound_mae_natureCFP", token=TOKEN)
+    layouts.mae_pretrained(path, seed=99)  # the hub now serves another file (new ETag)
+    ckpt = wc.download_and_convert_weights("RETFound_mae_natureCFP", token=TOKEN)
+    assert hub.gets() == 2
+    first_key = wc.load_ckpt_arrays(ckpt)["cls_token"]
+    expected = torch.load(path, weights_only=False)["model"]["cls_token"].numpy()
+    np.testing.assert_array_equal(first_key, expected)
+    before = os.stat(ckpt).st_mtime_ns
+    time.sleep(0.01)
+    wc.download_and_convert_weights("RETFound_mae_natureCFP", token=TOKEN, force=True)
+    assert os.stat(ckpt).st_mtime_ns != before
+
+
+def test_local_file_cache_hit_and_change(tmp_path):
+    path = str(tmp_path / "local.pth")
+    layouts.mae_pretrained(path)
+    ckpt = wc.download_and_convert_weights(path)
+    stamp = os.stat(ckpt).st_mtime_ns
+    assert wc.download_and_convert_weights(path) == ckpt and os.stat(ckpt).st_mtime_ns == stamp
+    layouts.mae_pretrained(path, seed=5)
+    wc.download_and_convert_weights(path)
+    assert os.stat(ckpt).st_mtime_ns != stamp
+
+
+def test_gated_repo_without_token_says_how_to_log_in(hub, tmp_path):
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    with pytest.raises(wc.WeightError, match="gated.*huggingface-cli login.*HF_TOKEN"):
+        wc.download_and_convert_weights("RETFound_mae_meh")
+    assert not list((tmp_path / "ms_cache").glob("*.ckpt"))
+
+
+def test_offline_and_not_cached(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(wc.WeightError, match="not in the HuggingFace cache"):
+        wc.download_and_convert_weights("RETFound_mae_meh", token=TOKEN)
+    assert hub.gets() == 0
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
+    path = str(tmp_path / "dino.pth")
+    layouts.dinov2_pretrained(path, depth=2)
+    model = M.create_model("vit_tiny_patch16", img_size=224, num_classes=3)
+    with pytest.raises(wc.WeightError, match=r"does not fit this model.*cls_token \(1, 1, 1024\)"):
+        wc.load_pretrained_weights(model, path)
+
+
+def _convert_in_child(endpoint, cache, hf_cache, queue):
+    os.environ.update(HF_ENDPOINT=endpoint, RETFOUND_MS_CACHE=cache, HF_HUB_CACHE=hf_cache)
+    import huggingface_hub.constants as hf_constants
+    hf_constants.ENDPOINT, hf_constants.HF_HUB_CACHE = endpoint, hf_cache
+    converted = []
+    handler = logging.Handler()
+    handler.emit = lambda record: converted.append(record.getMessage().startswith("converted"))
+    logging.getLogger("retfound.weights").addHandler(handler)
+    logging.getLogger("retfound.weights").setLevel(logging.INFO)
+    path = wc.download_and_convert_weights("RETFound_mae_meh", token=TOKEN)
+    queue.put((path, sum(converted)))
+
+
+def test_ranks_starting_together_download_and_convert_once(hub, tmp_path):
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    args = (hub.endpoint, str(tmp_path / "shared_cache"), str(tmp_path / "shared_hf"), queue)
+    workers = [ctx.Process(target=_convert_in_child, args=args) for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert results[0][0] == results[1][0]
+    assert sorted(n for _, n in results) == [0, 1]
+    assert hub.gets() == 1
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+def run_cli(args, env_extra, tmp_path, block_torch=False):
+    env = dict(os.environ, **env_extra)
+    env.pop("PYTHONPATH", None)
+    if block_torch:  # a `torch` package that cannot be imported stands first on the path
+        blocker = tmp_path / "no_torch" / "torch"
+        blocker.mkdir(parents=True, exist_ok=True)
+        (blocker / "__init__.py").write_text("raise ImportError('torch is blocked for this test')\n")
+        env["PYTHONPATH"] = str(blocker.parent)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "convert_weights_example.py")] + args,
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+
+
+def test_cli_converts_a_published_name_without_torch(hub, tmp_path):
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "RETFOUND_MS_CACHE": str(tmp_path / "cache")}
+    done = run_cli(["--finetune", "RETFound_mae_meh", "--model", "vit_tiny_patch16", "--nb_classes", "3"], env,
+                   tmp_path, block_torch=True)
+    assert done.returncode == 0, done.stderr
+    assert "converted checkpoint:" in done.stdout and "RETFound_mae_meh.ckpt" in done.stdout
+    assert "load report: loaded" in done.stdout and "finite: True" in done.stdout
+    assert os.path.exists(tmp_path / "cache" / "RETFound_mae_meh.ckpt")
+    assert hub.gets() == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--finetune", "RETFound_mae_mehh"], "error: unknown checkpoint 'RETFound_mae_mehh'"),
+    (["--finetune", "missing/file.pth"], "error: "),
+    (["--finetune", "RETFound_mae_meh"], "is gated"),
+])
+def test_cli_errors_are_one_line(hub, tmp_path, args, message):
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "hf"),
+           "RETFOUND_MS_CACHE": str(tmp_path / "cache")}
+    done = run_cli(args + ["--model", "vit_tiny_patch16"], env, tmp_path)
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not list((tmp_path / "cache").glob("*.ckpt")) if (tmp_path / "cache").exists() else True
