@@ -1,0 +1,131 @@
+"""ImageFolder data (`<data_path>/{train,val,test}/<class>/*`, classes sorted by name) and a batch loader.
+
+Every data problem is found before training starts and reported in one message: a missing split, an
+empty class, class names that differ between splits, --nb_classes not matching, unreadable images.
+The loader decodes with Pillow in a thread pool, shards by rank (a new seeded shuffle each epoch) and,
+for evaluation, gives each rank a disjoint slice so every image is seen exactly once (no padding).
+"""
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from util_mindspore.transforms import build_transform
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """The data folder is not usable; the message says where and why."""
+
+
+class ImageFolder:
+    def __init__(self, root, transform=None):
+        self.root, self.transform = root, transform
+        if not os.path.isdir(root):
+            raise DataError(f"{root}: split folder not found (expected <data_path>/{{train,val,test}}/<class>/*)")
+        self.classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise DataError(f"{root}: no class folders inside")
+        self.samples = []
+        for index, name in enumerate(self.classes):
+            folder = os.path.join(root, name)
+            files = sorted(
+                os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(folder) for f in filenames
+                if f.lower().endswith(IMG_EXTENSIONS))
+            if not files:
+                raise DataError(f"{folder}: class '{name}' has no images ({', '.join(IMG_EXTENSIONS)})")
+            self.samples.extend((path, index) for path in files)
+        self.targets = np.array([t for _, t in self.samples], dtype=np.int32)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def load(self, index, rng):
+        path, target = self.samples[index]
+        with Image.open(path) as img:
+            img.load()
+            return self.transform(img, rng), target
+
+    def find_unreadable(self, workers=4):
+        """Paths of images Pillow cannot decode (checked fully: truncated files are found too)."""
+        def bad(path):
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                return None
+            except Exception:
+                return path
+        with ThreadPoolExecutor(workers) as pool:
+            return [p for p in pool.map(bad, [p for p, _ in self.samples]) if p]
+
+
+def build_dataset(split, args):
+    return ImageFolder(os.path.join(args.data_path, split), build_transform(split == "train", args))
+
+
+def build_datasets(args, splits):
+    """The datasets of `splits`, checked together; raises DataError listing every problem found."""
+    datasets = {split: build_dataset(split, args) for split in splits}
+    first = splits[0]
+    for split in splits[1:]:
+        if datasets[split].classes != datasets[first].classes:
+            raise DataError(f"class folders differ between {first} ({', '.join(datasets[first].classes)}) and "
+                            f"{split} ({', '.join(datasets[split].classes)}) in {args.data_path}")
+    classes = datasets[first].classes
+    if args.nb_classes != len(classes):
+        raise DataError(f"--nb_classes {args.nb_classes} does not match the {len(classes)} class folders in "
+                        f"{os.path.join(args.data_path, first)} ({', '.join(classes)})")
+    unreadable = [p for split in splits for p in datasets[split].find_unreadable(max(2, args.num_workers))]
+    if unreadable:
+        raise DataError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
+    return datasets
+
+
+class Loader:
+    """Batches of (images float32 NCHW, targets int32, indices) from an ImageFolder.
+
+    train=True: this rank's shard of a permutation seeded by (seed, epoch), drop_last as upstream.
+    train=False: this rank's contiguous slice in order, last batch kept: every image exactly once overall.
+    """
+
+    def __init__(self, dataset, batch_size, train, num_workers=2, seed=0, rank=0, world_size=1):
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self.pool = ThreadPoolExecutor(max(1, num_workers))
+        n = len(dataset)
+        if train:
+            self.per_rank = n // world_size
+            if self.per_rank < batch_size:
+                raise DataError(f"{dataset.root}: {n} images give {self.per_rank} per process, fewer than "
+                                f"--batch_size {batch_size}: lower --batch_size")
+        else:
+            bounds = np.linspace(0, n, world_size + 1).astype(int)
+            self.eval_indices = np.arange(bounds[rank], bounds[rank + 1])
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def indices(self):
+        if not self.train:
+            return self.eval_indices
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+        return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+
+    def __len__(self):
+        if self.train:
+            return self.per_rank // self.batch_size
+        return (len(self.eval_indices) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        indices = self.indices()
+        for b in range(len(self)):
+            chunk = indices[b * self.batch_size:(b + 1) * self.batch_size]
+            # one RNG per image, derived from (seed, epoch, rank, index): augmentation is reproducible
+            rngs = [random.Random(hash((self.seed, self.epoch, self.rank, int(i)))) for i in chunk]
+            items = list(self.pool.map(self.dataset.load, chunk, rngs))
+            yield (np.stack([im for im, _ in items]), np.array([t for _, t in items], dtype=np.int32),
+                   np.asarray(chunk))

@@ -1,0 +1,35 @@
+"""Layer-wise learning-rate decay (BEiT / upstream util/lr_decay.py), per parameter instead of per group.
+
+The compiled optimizer takes one lr scale and one weight decay per parameter; `param_groups_lrd` also
+returns upstream's groups (names only) for logging and tests.
+"""
+
+
+def get_layer_id_for_vit(name, num_layers):
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=(), layer_decay=0.75):
+    """(lr_scales, weight_decays, groups) for model.trainable_params(), in that order.
+
+    Upstream: num_layers = depth + 1; scale = layer_decay ** (num_layers - layer_id); no weight decay for
+    1-D parameters and for no_weight_decay_list (cls_token, pos_embed).
+    """
+    num_layers = len(model.blocks) + 1
+    lr_scales, weight_decays, groups = [], [], {}
+    for param in model.trainable_params():
+        name = param.name
+        no_decay = len(param.shape) == 1 or name in no_weight_decay_list
+        layer_id = get_layer_id_for_vit(name, num_layers)
+        scale = layer_decay ** (num_layers - layer_id)
+        decay = 0.0 if no_decay else weight_decay
+        lr_scales.append(scale)
+        weight_decays.append(decay)
+        group = groups.setdefault(f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}",
+                                  {"lr_scale": scale, "weight_decay": decay, "params": []})
+        group["params"].append(name)
+    return lr_scales, weight_decays, groups

@@ -1,0 +1,140 @@
+"""Upstream's evaluation metrics (scikit-learn), its metrics CSV, and the pictures we write beside it."""
+import csv
+import os
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, cohen_kappa_score, confusion_matrix,
+                             f1_score, hamming_loss, jaccard_score, precision_score, recall_score, roc_auc_score,
+                             roc_curve)
+
+METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", "recall",
+                  "average_precision", "kappa"]
+
+
+def compute_metrics(labels, probs, loss):
+    """Upstream's metrics from true labels and softmax probabilities; score = (F1 + ROC-AUC + kappa) / 3."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    num_classes = probs.shape[1]
+    preds = probs.argmax(axis=1)
+    class_ids = list(range(num_classes))
+    onehot = np.eye(num_classes)[labels]
+    present = onehot.sum(axis=0) > 0
+    try:
+        if num_classes == 2:
+            roc_auc = roc_auc_score(labels, probs[:, 1])
+        else:
+            roc_auc = roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=class_ids)
+    except ValueError:  # a class absent from this split: AUC undefined, reported as 0 like upstream
+        roc_auc = 0.0
+    metrics = {
+        "val_loss": float(loss),
+        "accuracy": accuracy_score(labels, preds),
+        "f1": f1_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
+        "roc_auc": roc_auc,
+        "hamming": hamming_loss(labels, preds),
+        "jaccard": jaccard_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
+        "precision": precision_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
+        "recall": recall_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
+        "average_precision": average_precision_score(onehot[:, present], probs[:, present], average="macro")
+        if present.any() else 0.0,
+        "kappa": cohen_kappa_score(labels, preds, labels=class_ids),
+    }
+    metrics = {k: float(v) if np.isfinite(v) else 0.0 for k, v in metrics.items()}
+    metrics["score"] = (metrics["f1"] + metrics["roc_auc"] + metrics["kappa"]) / 3.0
+    return metrics
+
+
+def append_metrics_csv(path, metrics):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="", encoding="utf8") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(METRIC_COLUMNS)
+        writer.writerow([metrics[k] for k in METRIC_COLUMNS])
+
+
+def write_predictions_csv(path, paths, labels, probs, class_names):
+    """path,label,prediction,prob_<class>...: one row per image, labels and predictions by class name."""
+    tmp = path + ".partial"
+    with open(tmp, "w", newline="", encoding="utf8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "prediction"] + [f"prob_{c}" for c in class_names])
+        for p, label, row in zip(paths, labels, probs):
+            writer.writerow([p, class_names[int(label)], class_names[int(np.argmax(row))]] +
+                            [f"{v:.8f}" for v in row])
+    os.replace(tmp, path)
+
+
+def read_predictions_csv(path):
+    """(paths, label indices, probabilities, class names) back from write_predictions_csv's file."""
+    with open(path, newline="", encoding="utf8") as fh:
+        rows = list(csv.reader(fh))
+    class_names = [c[len("prob_"):] for c in rows[0][3:]]
+    index = {c: i for i, c in enumerate(class_names)}
+    paths = [r[0] for r in rows[1:]]
+    labels = np.array([index[r[1]] for r in rows[1:]], dtype=np.int64)
+    probs = np.array([[float(v) for v in r[3:]] for r in rows[1:]], dtype=np.float64)
+    return paths, labels, probs, class_names
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_confusion_matrix(path, labels, probs, class_names):
+    """Row-normalised confusion matrix, as upstream's confusion_matrix_test.jpg."""
+    plt = _pyplot()
+    cm = confusion_matrix(labels, np.asarray(probs).argmax(axis=1), labels=list(range(len(class_names))))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 3, 1.2 * len(class_names) + 2))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("Actual")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def save_roc_curves(path, labels, probs, class_names):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, name in enumerate(class_names):
+        positives = np.asarray(labels) == i
+        if positives.any() and (~positives).any():
+            fpr, tpr, _ = roc_curve(positives, np.asarray(probs)[:, i])
+            ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title("ROC, one vs rest")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def save_training_curves(path, log_rows):
+    """Train loss, val loss and val score per epoch from log.txt rows."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in log_rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r.get("train_loss") for r in log_rows], label="train loss")
+    left.plot(epochs, [r.get("val_loss") for r in log_rows], label="val loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, [r.get("val_score") for r in log_rows], label="val score (F1+AUC+kappa)/3")
+    right.plot(epochs, [r.get("val_accuracy") for r in log_rows], label="val accuracy")
+    right.set_xlabel("epoch")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

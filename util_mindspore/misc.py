@@ -1,0 +1,108 @@
+"""Process-level helpers: distributed context under msrun, seeding, and training checkpoints.
+
+A training checkpoint (.ckpt) holds the model parameters under their PyTorch names (so it is also a valid
+--finetune source), `optimizer.*` moments and step, `loss_scale.*`, and epoch / best score / class names /
+args. It is written to a temp file and renamed, by rank 0 only.
+"""
+import json
+import os
+import random
+
+import numpy as np
+import mindspore as ms
+
+CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
+STATE_PREFIXES = ("optimizer.", "loss_scale.", "accum.")
+
+
+# --- distributed ------------------------------------------------------------------------------------------
+
+def launched_by_msrun():
+    return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
+
+
+def init_distributed_mode(args):
+    """Under msrun: initialise collectives (NCCL on GPU, HCCL on Ascend, MCCL on CPU) and data parallelism."""
+    args.distributed = launched_by_msrun()
+    if not args.distributed:
+        args.rank, args.world_size = 0, 1
+        return
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    args.rank, args.world_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=args.world_size)
+    print(f"distributed: rank {args.rank} of {args.world_size}")
+
+
+def is_main_process(args):
+    return getattr(args, "rank", 0) == 0
+
+
+def barrier(args):
+    if getattr(args, "distributed", False):
+        from mindspore.communication.comm_func import barrier as _barrier
+        _barrier()
+
+
+def all_gather_rows(array, args):
+    """Concatenate every rank's rows (rank order); ranks may hold different numbers of rows."""
+    if not getattr(args, "distributed", False):
+        return array
+    from mindspore.communication.comm_func import all_gather_into_tensor
+    array = np.asarray(array)
+    counts = all_gather_into_tensor(ms.Tensor(np.array([len(array)], np.int32)))[0].asnumpy()
+    padded = np.zeros((int(counts.max()),) + array.shape[1:], dtype=array.dtype)
+    padded[:len(array)] = array
+    gathered = all_gather_into_tensor(ms.Tensor(padded))[0].asnumpy()
+    parts = np.split(gathered, len(counts))
+    return np.concatenate([part[:count] for part, count in zip(parts, counts)])
+
+
+def all_reduce_mean(value, args):
+    if not getattr(args, "distributed", False):
+        return value
+    from mindspore.communication.comm_func import all_reduce
+    total = all_reduce(ms.Tensor(np.array([value], np.float32)))[0].asnumpy()
+    return float(total[0]) / args.world_size
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+def _jsonable_args(args):
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def save_model(path, model, train_step, epoch, best_score, class_names, args):
+    """Model + optimizer + loss scale + epoch + best score + class names + args, atomically."""
+    from util_mindspore.weight_converter import save_arrays_ckpt
+    arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
+    if train_step is not None:
+        arrays.update({p.name: p.asnumpy() for p in train_step.state_parameters()})
+    meta = {"format": CHECKPOINT_FORMAT, "class_names": list(class_names), "args": _jsonable_args(args),
+            "model": args.model}
+    save_arrays_ckpt(arrays, path, append_dict={"epoch": int(epoch), "best_score": float(best_score),
+                                                "meta": json.dumps(meta)})
+
+
+def read_training_checkpoint(path):
+    """(model arrays, state arrays, info) from one of our training checkpoints."""
+    from util_mindspore.weight_converter import WeightError
+    try:
+        loaded = ms.load_checkpoint(path)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first}") from None
+    meta = json.loads(loaded.pop("meta")) if isinstance(loaded.get("meta"), str) else {}
+    info = {"epoch": int(loaded.pop("epoch").asnumpy()) if "epoch" in loaded else None,
+            "best_score": float(loaded.pop("best_score").asnumpy()) if "best_score" in loaded else None, **meta}
+    arrays = {k: v.asnumpy() for k, v in loaded.items() if isinstance(v, ms.Parameter)}
+    model_arrays = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIXES)}
+    state_arrays = {k: v for k, v in arrays.items() if k.startswith(STATE_PREFIXES)}
+    return model_arrays, state_arrays, info
