@@ -36,14 +36,14 @@ def fundus(rng, size, kind):
         draw.line(pts, fill=(120, 30, 20), width=max(1, size // 64))
     draw.ellipse([od[0] - odr, od[1] - odr, od[0] + odr, od[1] + odr], fill=(250, 210, 150))
     if kind != "normal":
-        for _ in range(int(rng.integers(10, 18))):
+        for _ in range(int(rng.integers(35, 55))):  # dense: even a small random crop shows lesions
             rad, ang = size * 0.4 * np.sqrt(rng.uniform(0.02, 1)), rng.uniform(0, 2 * np.pi)
             x, y = c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)
             if kind == "haemorrhage":
-                s = size * rng.uniform(0.02, 0.045)
+                s = size * rng.uniform(0.025, 0.045)
                 draw.ellipse([x - s, y - s, x + s, y + s], fill=(70, 10, 10))
             else:
-                s = size * rng.uniform(0.012, 0.03)
+                s = size * rng.uniform(0.02, 0.035)
                 draw.ellipse([x - s, y - s, x + s, y + s], fill=(255, 240, 120))
     return canvas.filter(ImageFilter.GaussianBlur(0.6))
 

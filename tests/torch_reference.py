@@ -76,3 +76,38 @@ def randomize_(model, seed=0):
 
 def numpy_state_dict(model):
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def upstream_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=(), layer_decay=0.75):
+    """Upstream util/lr_decay.py's param_groups_lrd (BEiT), for torch.optim.AdamW."""
+    groups = {}
+    num_layers = len(model.blocks) + 1
+    scales = [layer_decay ** (num_layers - i) for i in range(num_layers + 1)]
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim == 1 or name in no_weight_decay_list
+        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+            layer_id = 0
+        elif name.startswith("blocks"):
+            layer_id = int(name.split(".")[1]) + 1
+        else:
+            layer_id = num_layers
+        key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+        group = groups.setdefault(key, {"lr_scale": scales[layer_id], "weight_decay": 0.0 if no_decay else weight_decay,
+                                        "params": [], "names": []})
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def upstream_adjust_learning_rate(optimizer, epoch, lr, min_lr, warmup_epochs, epochs):
+    """Upstream util/lr_sched.py's adjust_learning_rate."""
+    import math
+    if epoch < warmup_epochs:
+        value = lr * epoch / warmup_epochs
+    else:
+        value = min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+    for group in optimizer.param_groups:
+        group["lr"] = value * group.get("lr_scale", 1.0)
+    return value

@@ -61,8 +61,9 @@ def write_predictions_csv(path, paths, labels, probs, class_names):
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "prediction"] + [f"prob_{c}" for c in class_names])
         for p, label, row in zip(paths, labels, probs):
+            # repr: exact floats, so metrics recomputed from this file equal the CSV's
             writer.writerow([p, class_names[int(label)], class_names[int(np.argmax(row))]] +
-                            [f"{v:.8f}" for v in row])
+                            [repr(float(v)) for v in row])
     os.replace(tmp, path)
 
 

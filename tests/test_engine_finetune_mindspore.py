@@ -1,0 +1,211 @@
+"""The compiled train step against upstream's PyTorch step; the lr schedule; loss scaling."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+import models_vit_mindspore as M
+from engine_finetune_mindspore import TrainStep, train_one_epoch
+from util_mindspore.lr_decay import param_groups_lrd
+from util_mindspore.lr_sched import learning_rate
+from util_mindspore.mixup import one_hot
+from util_mindspore.optim import AdamW
+from tests.parity import mindspore_twin, random_images, record, set_mode
+
+torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
+pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
+from tests.torch_reference import (create_reference, numpy_state_dict, randomize_,  # noqa: E402
+                                   upstream_adjust_learning_rate, upstream_param_groups_lrd)
+
+SCHEDULE = SimpleNamespace(lr=4e-3, min_lr=1e-6, warmup_epochs=2, epochs=6)
+
+
+def build_pair(depth=2, size=32, classes=3):
+    ref = randomize_(create_reference("vit_tiny_patch16", img_size=size, num_classes=classes, depth=depth), seed=31)
+    ours = mindspore_twin("vit_tiny_patch16", numpy_state_dict(ref), img_size=size, num_classes=classes, depth=depth)
+    return ref, ours
+
+
+def our_train_step(model, clip_grad, layer_decay=0.65, weight_decay=0.05, accum_iter=1):
+    scales, decays, _ = param_groups_lrd(model, weight_decay, model.no_weight_decay(), layer_decay)
+    optimizer = AdamW(model.trainable_params(), scales, decays)
+    step = TrainStep(model, optimizer, clip_grad=clip_grad, accum_iter=accum_iter)
+    step.set_train(True)
+    return step
+
+
+def upstream_optimizer(ref, layer_decay=0.65, weight_decay=0.05):
+    groups = upstream_param_groups_lrd(ref, weight_decay, ref.no_weight_decay(), layer_decay)
+    return torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=SCHEDULE.lr)
+
+
+def assert_weights_match(ours, ref, opt, tolerance, what, max_update):
+    """Weights equal within `tolerance` relative (to the tensor's largest weight).
+
+    Adam moves an element by ~lr * g / (|g| + 1e-8). Where the gradient is numerically zero (|g| < 1e-6: the
+    key bias of attention, whose true gradient is exactly 0; saturated units) that ratio is float noise in
+    both frameworks, so there we only require what Adam guarantees: a move of at most `max_update`.
+    """
+    worst, degenerate, total = 0.0, 0, 0
+    theirs = {k: (v.detach().numpy(), opt.state[v]) for k, v in ref.named_parameters()}
+    for name, param in ours.parameters_and_names():
+        expected, state = theirs[name]
+        bc2 = 1 - 0.999 ** float(state["step"])
+        rms_grad = np.sqrt(state["exp_avg_sq"].numpy() / bc2)
+        reliable = rms_grad >= 1e-6
+        diff = np.abs(param.asnumpy() - expected)
+        rel = diff[reliable].max(initial=0.0) / max(np.abs(expected).max(), 1e-12)
+        worst = max(worst, rel)
+        assert rel <= tolerance, f"{name}: relative difference {rel:.2e}"
+        assert diff[~reliable].max(initial=0.0) <= 2 * max_update, f"{name}: a zero-gradient element moved too far"
+        degenerate, total = degenerate + int((~reliable).sum()), total + reliable.size
+    assert degenerate <= 0.02 * total, f"{degenerate} of {total} elements have no usable gradient"
+    record(what, worst)
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_layer_decay_groups_equal_upstream(mode):
+    ref, ours = build_pair()
+    scales, decays, groups = param_groups_lrd(ours, 0.05, ours.no_weight_decay(), 0.65)
+    theirs = {}
+    for group in upstream_param_groups_lrd(ref, 0.05, ref.no_weight_decay(), 0.65):
+        for name in group["names"]:
+            theirs[name] = (group["lr_scale"], group["weight_decay"])
+    ours_by_name = {p.name: (s, d) for p, s, d in zip(ours.trainable_params(), scales, decays)}
+    assert ours_by_name == pytest.approx(theirs) or all(
+        math.isclose(ours_by_name[k][0], theirs[k][0]) and ours_by_name[k][1] == theirs[k][1] for k in theirs)
+    assert set(ours_by_name) == set(theirs)
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_one_step_equals_upstream_step(mode):
+    """layer_decay 0.65, weight_decay 0.05, mid-warmup lr, clip_grad 1.0: same weights after one step."""
+    set_mode(mode)
+    ref, ours = build_pair()
+    images, labels = random_images(4, 32, seed=32), np.array([0, 2, 1, 1])
+    epoch_f = 0.9  # mid-warmup
+    lr = learning_rate(epoch_f, SCHEDULE)
+
+    opt = upstream_optimizer(ref)
+    assert upstream_adjust_learning_rate(opt, epoch_f, **vars(SCHEDULE)) == pytest.approx(lr)
+    ref.train()
+    loss = torch.nn.functional.cross_entropy(ref(torch.from_numpy(images)), torch.from_numpy(labels))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    opt.step()
+
+    step = our_train_step(ours, clip_grad=1.0)
+    our_loss, finite, _ = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(lr, ms.float32), True)
+    assert bool(finite.asnumpy()) and abs(float(our_loss.asnumpy()) - loss.item()) < 1e-5
+    assert_weights_match(ours, ref, opt, 1e-5, f"one train step vs upstream ({mode})", max_update=lr)
+
+
+def test_adamw_matches_torch_adamw_after_ten_steps():
+    """The optimizer alone: the same gradients into ours and torch.optim.AdamW (upstream groups), 10 steps."""
+    set_mode("graph")
+    ref, ours = build_pair()
+    opt = upstream_optimizer(ref)
+    scales, decays, _ = param_groups_lrd(ours, 0.05, ours.no_weight_decay(), 0.65)
+    params = ours.trainable_params()
+    adamw = AdamW(params, scales, decays)
+    by_name = dict(ref.named_parameters())
+    rng = np.random.default_rng(50)
+    for it in range(10):
+        lr = upstream_adjust_learning_rate(opt, it / 4, **vars(SCHEDULE))
+        grads = [(rng.standard_normal(p.shape) * 10.0 ** rng.uniform(-4, 0)).astype(np.float32) for p in params]
+        for p, g in zip(params, grads):
+            by_name[p.name].grad = torch.from_numpy(g)
+        opt.step()
+        adamw(ms.mutable(tuple(ms.Tensor(g) for g in grads)), ms.Tensor(lr, ms.float32))
+    worst = 0.0
+    for i, p in enumerate(params):
+        expected = by_name[p.name].detach().numpy()
+        rel = np.abs(p.asnumpy() - expected).max() / np.abs(expected).max()
+        worst = max(worst, rel)
+        assert rel <= 1e-5, f"{p.name}: relative difference {rel:.2e}"
+        # the fused kernel holds beta2 in float32 (1 - 0.999f = 0.00099998713): moments differ by 1.3e-5 relative
+        np.testing.assert_allclose(adamw.exp_avg_sq[i].asnumpy(),
+                                   opt.state[by_name[p.name]]["exp_avg_sq"].numpy(), rtol=2e-5, atol=1e-12)
+    record("AdamW after 10 steps vs torch.optim.AdamW, worst relative", worst)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """Two accumulated half-batches give the big batch's (clipped) gradient: compared through Adam's first
+    moment, which is linear in the gradient (the weights themselves go through Adam's ill-conditioned
+    g / (|g| + eps) where a gradient is ~0)."""
+    set_mode("graph")
+    _, big = build_pair()
+    _, small = build_pair()
+    images, labels = random_images(4, 32, seed=40), np.array([0, 1, 2, 1])
+    lr = ms.Tensor(1e-3, ms.float32)
+    big_step = our_train_step(big, clip_grad=1.0)
+    big_step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), lr, True)
+    step = our_train_step(small, clip_grad=1.0, accum_iter=2)
+    step(ms.Tensor(images[:2]), ms.Tensor(one_hot(labels[:2], 3)), lr, False)
+    assert float(step.optimizer.step.asnumpy()) == 0.0  # accumulating only
+    step(ms.Tensor(images[2:]), ms.Tensor(one_hot(labels[2:], 3)), lr, True)
+    assert float(step.optimizer.step.asnumpy()) == 1.0
+    for a, b in zip(big_step.optimizer.exp_avg, step.optimizer.exp_avg):
+        scale = np.abs(a.asnumpy()).max()
+        np.testing.assert_allclose(b.asnumpy(), a.asnumpy(), rtol=0, atol=1e-5 * scale, err_msg=a.name)
+    assert all(np.abs(p.asnumpy()).max() == 0 for p in step.accum)
+
+
+def test_overflow_skips_the_step_and_lowers_the_scale():
+    set_mode("graph")
+    _, ours = build_pair()
+    step = our_train_step(ours, clip_grad=None)
+    step.loss_scale.set_data(ms.Tensor(3e38, ms.float32))  # scaled gradients overflow to inf
+    before = {n: p.asnumpy().copy() for n, p in ours.parameters_and_names()}
+    images, labels = random_images(2, 32), np.array([0, 1])
+    _, finite, scale = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(1e-3, ms.float32), True)
+    assert not bool(finite.asnumpy())
+    assert float(step.loss_scale.asnumpy()) == pytest.approx(1.5e38, rel=1e-6)
+    assert float(step.optimizer.step.asnumpy()) == 0.0
+    assert all(np.abs(m.asnumpy()).max() == 0 for m in step.optimizer.exp_avg)
+    for name, param in ours.parameters_and_names():
+        np.testing.assert_array_equal(param.asnumpy(), before[name])
+        assert np.isfinite(param.asnumpy()).all()
+    # the next step with a sane scale trains again
+    step.loss_scale.set_data(ms.Tensor(2.0 ** 16, ms.float32))
+    _, finite, _ = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(1e-3, ms.float32), True)
+    assert bool(finite.asnumpy()) and float(step.optimizer.step.asnumpy()) == 1.0
+
+
+class _FakeLoader:
+    def __init__(self, batches):
+        self.batches, self.epoch = batches, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_lr_of_every_iteration_equals_upstream_formula():
+    set_mode("graph")
+    _, ours = build_pair()
+    step = our_train_step(ours, clip_grad=None)
+    batches = [(random_images(2, 32, seed=i), np.array([0, 1], np.int32), np.arange(2)) for i in range(5)]
+    args = SimpleNamespace(accum_iter=1, nb_classes=3, rank=0, distributed=False, **vars(SCHEDULE))
+    seen = []
+    for epoch in range(3):
+        _, lrs = train_one_epoch(step, _FakeLoader(batches), epoch, args)
+        seen.extend(lrs)
+    expected = []
+    for epoch in range(3):
+        for it in range(5):
+            e = it / 5 + epoch
+            if e < SCHEDULE.warmup_epochs:
+                expected.append(SCHEDULE.lr * e / SCHEDULE.warmup_epochs)
+            else:
+                expected.append(SCHEDULE.min_lr + (SCHEDULE.lr - SCHEDULE.min_lr) * 0.5 * (
+                    1 + math.cos(math.pi * (e - SCHEDULE.warmup_epochs) / (SCHEDULE.epochs - SCHEDULE.warmup_epochs))))
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert float(step.optimizer.step.asnumpy()) == 15.0
