@@ -40,8 +40,8 @@ def fundus(rng, size, kind):
             rad, ang = size * 0.4 * np.sqrt(rng.uniform(0.02, 1)), rng.uniform(0, 2 * np.pi)
             x, y = c[0] + rad * np.cos(ang), c[1] + rad * np.sin(ang)
             if kind == "haemorrhage":
-                s = size * rng.uniform(0.025, 0.045)
-                draw.ellipse([x - s, y - s, x + s, y + s], fill=(70, 10, 10))
+                s = size * rng.uniform(0.035, 0.06)
+                draw.ellipse([x - s, y - s, x + s, y + s], fill=(45, 5, 20))
             else:
                 s = size * rng.uniform(0.02, 0.035)
                 draw.ellipse([x - s, y - s, x + s, y + s], fill=(255, 240, 120))

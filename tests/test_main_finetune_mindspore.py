@@ -1,0 +1,202 @@
+"""The command line end to end: the README Quickstart on sample data, --eval, --resume, and data errors."""
+import csv
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import engine_finetune_mindspore
+import main_finetune_mindspore
+from util_mindspore import metrics as metrics_lib
+from util_mindspore import misc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quickstart_argv():
+    """The training command of the README Quickstart's first line, as argv (so the README cannot rot)."""
+    text = open(os.path.join(ROOT, "README_MindSpore.md"), encoding="utf-8").read()
+    section = text.split("## Quickstart", 1)[1]
+    block = re.search(r"```[a-z]*\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    assert len(block) == 2, "the Quickstart block has exactly two lines: run, then test"
+    command = block[0].split("python main_finetune_mindspore.py", 1)[1]
+    return shlex.split(command)
+
+
+def read_metrics(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == metrics_lib.METRIC_COLUMNS
+    return [[float(v) for v in row] for row in rows[1:]]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("quickstart"))
+    argv = quickstart_argv() + ["--output_dir", out]
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the README runs from the repository root (relative --data_path)
+    try:
+        assert main_finetune_mindspore.run(argv) == 0
+    finally:
+        os.chdir(cwd)
+    args = main_finetune_mindspore.get_args_parser().parse_args(argv)
+    return os.path.join(out, args.task), argv
+
+
+def test_quickstart_learns_the_sample_data(quickstart):
+    task_dir, argv = quickstart
+    args = main_finetune_mindspore.get_args_parser().parse_args(argv)
+    for name in ("log.txt", "metrics_val.csv", "metrics_test.csv", "predictions_val.csv", "predictions_test.csv",
+                 "confusion_matrix_test.jpg", "roc_curves_test.png", "training_curves.png", "checkpoint-best.ckpt",
+                 "checkpoint-last.ckpt"):
+        assert os.path.getsize(os.path.join(task_dir, name)) > 0, name
+    assert len(read_metrics(os.path.join(task_dir, "metrics_val.csv"))) == args.epochs
+    test_rows = read_metrics(os.path.join(task_dir, "metrics_test.csv"))
+    assert len(test_rows) == 1
+    accuracy = test_rows[0][metrics_lib.METRIC_COLUMNS.index("accuracy")]
+    assert accuracy >= 0.90, f"test accuracy {accuracy:.3f}"
+    log = [eval(line.replace("null", "None")) for line in open(os.path.join(task_dir, "log.txt"))]
+    assert [row["epoch"] for row in log] == list(range(args.epochs))
+    assert {"train_loss", "train_lr", "n_parameters"} <= set(log[0])
+
+
+def test_metrics_csv_agrees_with_sklearn_on_the_predictions(quickstart):
+    task_dir, _ = quickstart
+    paths, labels, probs, class_names = metrics_lib.read_predictions_csv(os.path.join(task_dir, "predictions_test.csv"))
+    assert class_names == ["exudate", "haemorrhage", "normal"]
+    assert len(paths) == len(set(paths)) == 60
+    loss = float(np.mean(-np.log(probs[np.arange(len(labels)), labels])))
+    recomputed = metrics_lib.compute_metrics(labels, probs, loss)
+    written = read_metrics(os.path.join(task_dir, "metrics_test.csv"))[0]
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+    assert written[1] == pytest.approx(accuracy_score(labels, probs.argmax(1)), abs=1e-12)
+    assert written[2] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"), abs=1e-12)
+    assert written[3] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
+    assert written[9] == pytest.approx(cohen_kappa_score(labels, probs.argmax(1)), abs=1e-12)
+    assert written == pytest.approx([recomputed[k] for k in metrics_lib.METRIC_COLUMNS], abs=1e-12)
+
+
+def test_eval_resume_reproduces_the_end_of_training_test_metrics(quickstart, tmp_path):
+    task_dir, argv = quickstart
+    args = main_finetune_mindspore.get_args_parser().parse_args(argv)
+    data_only_test = tmp_path / "data"
+    shutil.copytree(os.path.join(ROOT, args.data_path, "test"), data_only_test / "test")  # train/val not needed
+    out = tmp_path / "eval_out"
+    code = main_finetune_mindspore.run([
+        "--eval", "--resume", os.path.join(task_dir, "checkpoint-best.ckpt"), "--model", args.model,
+        "--input_size", str(args.input_size), "--nb_classes", str(args.nb_classes), "--data_path", str(data_only_test),
+        "--output_dir", str(out), "--task", "eval", "--batch_size", "7"])
+    assert code == 0
+    assert read_metrics(out / "eval" / "metrics_test.csv") == read_metrics(os.path.join(task_dir, "metrics_test.csv"))
+    assert (out / "eval" / "confusion_matrix_test.jpg").exists()
+    assert not (out / "eval" / "checkpoint-best.ckpt").exists()
+
+
+# --- small data sets for the fast tests ------------------------------------------------------------------------
+
+def make_dataset(root, classes=("a", "b", "c"), per_split=None, size=40):
+    per_split = per_split or {"train": 8, "val": 3, "test": 3}
+    rng = np.random.default_rng(0)
+    for split, count in per_split.items():
+        for k, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.random((size, size, 3)) * 60 + 60 * k).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
+    return str(root)
+
+
+def small_argv(data, out, epochs=3, extra=()):
+    return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
+            "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
+            "--output_dir", out, "--task", "t", "--num_workers", "2", *extra]
+
+
+def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data")
+    seen = {}
+    original_train = engine_finetune_mindspore.train_one_epoch
+    original_save = misc.save_model
+
+    def recording_train(train_step, loader, epoch, args, mixup_fn=None):
+        if seen.get("interrupt_at") == epoch:
+            raise KeyboardInterrupt
+        stats, lrs = original_train(train_step, loader, epoch, args, mixup_fn)
+        seen.setdefault(args.output_dir, {})[epoch] = lrs
+        return stats, lrs
+
+    def copying_save(path, model, train_step, epoch, *rest):
+        original_save(path, model, train_step, epoch, *rest)
+        if path.endswith("checkpoint-last.ckpt"):
+            shutil.copy(path, f"{path}.epoch{epoch}")
+
+    monkeypatch.setattr(engine_finetune_mindspore, "train_one_epoch", recording_train)
+    monkeypatch.setattr(misc, "save_model", copying_save)
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    assert main_finetune_mindspore.run(small_argv(data, whole)) == 0
+    seen["interrupt_at"] = 1
+    with pytest.raises(KeyboardInterrupt):
+        main_finetune_mindspore.run(small_argv(data, broken))
+    seen["interrupt_at"] = None
+    last = os.path.join(broken, "t", "checkpoint-last.ckpt")
+    assert main_finetune_mindspore.run(small_argv(data, broken, extra=["--resume", last])) == 0
+
+    assert sorted(seen[broken]) == [0, 1, 2]
+    for epoch in (1, 2):
+        assert seen[broken][epoch] == seen[whole][epoch]  # the same lr at every iteration
+    _, state_whole, info_whole = misc.read_training_checkpoint(os.path.join(whole, "t", "checkpoint-last.ckpt.epoch1"))
+    _, state_resumed, info_resumed = misc.read_training_checkpoint(last + ".epoch1")
+    assert info_whole["epoch"] == info_resumed["epoch"] == 1
+    assert set(state_whole) == set(state_resumed) and "optimizer.step" in state_whole
+    for name, array in state_whole.items():
+        np.testing.assert_allclose(state_resumed[name], array, rtol=1e-5, atol=1e-9, err_msg=name)
+    epochs_logged = [eval(line.replace("null", "None"))["epoch"] for line in open(os.path.join(broken, "t", "log.txt"))]
+    assert epochs_logged == [0, 1, 2]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda root: shutil.rmtree(os.path.join(root, "val")), "val: split folder not found"),
+    (lambda root: [os.remove(os.path.join(root, "train", "b", f)) for f in os.listdir(os.path.join(root, "train", "b"))],
+     "class 'b' has no images"),
+    (lambda root: os.rename(os.path.join(root, "test", "c"), os.path.join(root, "test", "d")),
+     "class folders differ between train"),
+    (lambda root: [open(os.path.join(root, "val", "a", "0.png"), "wb").write(b"not a png"),
+                   open(os.path.join(root, "test", "b", "1.png"), "r+b").truncate(60)],
+     "2 unreadable image file(s):"),
+])
+def test_data_errors_are_caught_before_training(tmp_path, capsys, damage, message):
+    data = make_dataset(tmp_path / "data")
+    damage(data)
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
+
+
+def test_nb_classes_must_match_the_folders(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data")
+    argv = small_argv(data, str(tmp_path / "out"))
+    argv[argv.index("--nb_classes") + 1] = "5"
+    assert main_finetune_mindspore.run(argv) == 1
+    assert "--nb_classes 5 does not match the 3 class folders" in capsys.readouterr().err
+
+
+def test_a_resume_checkpoint_that_does_not_fit_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=1)) == 0
+    ckpt = str(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
+    argv = small_argv(data, str(tmp_path / "other"), epochs=1, extra=["--resume", ckpt])
+    argv[argv.index("vit_tiny_patch16")] = "vit_small_patch16"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune_mindspore.py"), *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 1
+    assert "does not fit this model" in done.stderr and "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "other" / "t" / "checkpoint-last.ckpt")
