@@ -147,9 +147,14 @@ def load_resume(args, model, train_step):
     import mindspore as ms
     restored = 0
     for name, array in state_arrays.items():
-        if name in params and tuple(params[name].shape) == tuple(array.shape):
-            params[name].set_data(ms.Tensor(array, dtype=params[name].dtype))
-            restored += 1
+        if name not in params:
+            continue  # e.g. accumulation buffers of a run with another --accum_iter: they start at zero
+        param = params[name]
+        if array.size != param.size:
+            raise wc.WeightError(f"{args.resume}: {name} has shape {array.shape}, this run needs {tuple(param.shape)}")
+        # .ckpt files store scalars as shape (1,): reshape to the parameter's own shape
+        param.set_data(ms.Tensor(array.reshape(param.shape), dtype=param.dtype))
+        restored += 1
     if info.get("epoch") is not None:
         args.start_epoch = info["epoch"] + 1
     print(f"With optim & sched: restored {restored} optimizer / loss-scale tensors; continuing at epoch "

@@ -92,7 +92,7 @@ def test_eval_resume_reproduces_the_end_of_training_test_metrics(quickstart, tmp
     code = main_finetune_mindspore.run([
         "--eval", "--resume", os.path.join(task_dir, "checkpoint-best.ckpt"), "--model", args.model,
         "--input_size", str(args.input_size), "--nb_classes", str(args.nb_classes), "--data_path", str(data_only_test),
-        "--output_dir", str(out), "--task", "eval", "--batch_size", "7"])
+        "--output_dir", str(out), "--task", "eval", "--batch_size", str(args.batch_size)])
     assert code == 0
     assert read_metrics(out / "eval" / "metrics_test.csv") == read_metrics(os.path.join(task_dir, "metrics_test.csv"))
     assert (out / "eval" / "confusion_matrix_test.jpg").exists()
@@ -136,7 +136,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     def copying_save(path, model, train_step, epoch, *rest):
         original_save(path, model, train_step, epoch, *rest)
         if path.endswith("checkpoint-last.ckpt"):
-            shutil.copy(path, f"{path}.epoch{epoch}")
+            shutil.copy(path, path.replace(".ckpt", f"-epoch{epoch}.ckpt"))
 
     monkeypatch.setattr(engine_finetune_mindspore, "train_one_epoch", recording_train)
     monkeypatch.setattr(misc, "save_model", copying_save)
@@ -152,8 +152,8 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     assert sorted(seen[broken]) == [0, 1, 2]
     for epoch in (1, 2):
         assert seen[broken][epoch] == seen[whole][epoch]  # the same lr at every iteration
-    _, state_whole, info_whole = misc.read_training_checkpoint(os.path.join(whole, "t", "checkpoint-last.ckpt.epoch1"))
-    _, state_resumed, info_resumed = misc.read_training_checkpoint(last + ".epoch1")
+    _, state_whole, info_whole = misc.read_training_checkpoint(os.path.join(whole, "t", "checkpoint-last-epoch1.ckpt"))
+    _, state_resumed, info_resumed = misc.read_training_checkpoint(last.replace(".ckpt", "-epoch1.ckpt"))
     assert info_whole["epoch"] == info_resumed["epoch"] == 1
     assert set(state_whole) == set(state_resumed) and "optimizer.step" in state_whole
     for name, array in state_whole.items():
