@@ -191,9 +191,9 @@ def test_nb_classes_must_match_the_folders(tmp_path, capsys):
 
 def test_a_resume_checkpoint_that_does_not_fit_is_refused(tmp_path):
     data = make_dataset(tmp_path / "data")
-    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=1)) == 0
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=2)) == 0
     ckpt = str(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
-    argv = small_argv(data, str(tmp_path / "other"), epochs=1, extra=["--resume", ckpt])
+    argv = small_argv(data, str(tmp_path / "other"), epochs=2, extra=["--resume", ckpt])
     argv[argv.index("vit_tiny_patch16")] = "vit_small_patch16"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune_mindspore.py"), *argv],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
