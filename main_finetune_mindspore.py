@@ -10,6 +10,7 @@ confusion_matrix_test.jpg, roc_curves_test.png, training_curves.png, checkpoint-
 import argparse
 import datetime
 import json
+import logging
 import os
 import sys
 import time
@@ -119,9 +120,11 @@ def check_args(args):
 
 def configure_context(args):
     import mindspore as ms
-    device = args.device or ms.get_context("device_target")
+    current = ms.get_context("device_target")
+    device = args.device or current
     ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    ms.set_device(device)
+    if device != current:  # set_device is refused once a kernel ran (e.g. a second run in one process)
+        ms.set_device(device)
     args.device = device
     if args.amp_level == "auto":
         args.amp_level = "O0" if device == "CPU" else "O2"
@@ -184,7 +187,7 @@ def main(args):
     if main_process:
         print("job dir: {}".format(os.path.dirname(os.path.realpath(__file__))))
         print("{}".format(args).replace(", ", ",\n"))
-    misc.seed_everything(args.seed + args.rank)
+    misc.seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
 
     splits = ["test"] if args.eval else ["train", "val", "test"]
     datasets = build_datasets(args, splits)
@@ -197,6 +200,7 @@ def main(args):
                                               drop_path_rate=args.drop_path, global_pool=args.global_pool)
     if args.finetune and not args.eval:
         load_pretrained_weights(model, args.finetune, cache_dir=args.weights_cache_dir)
+    misc.seed_everything(args.seed + args.rank)  # then per-rank randomness, as upstream seeds
     if args.adaptation == "lp":
         for name, param in model.parameters_and_names():
             param.requires_grad = name.startswith("head.")
@@ -262,6 +266,7 @@ def main(args):
                               "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
             with open(log_path, encoding="utf-8") as fh:
                 save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(l) for l in fh])
+    misc.write_weights_digest(model, args)
     misc.barrier(args)  # rank 0 has written checkpoint-best before anyone reads it
 
     best_path = os.path.join(out_dir, "checkpoint-best.ckpt")
@@ -281,6 +286,7 @@ def main(args):
 def run(argv=None):
     """Entry point: upstream flags in, outputs written; a clear one-line error and exit 1 for bad input."""
     args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the weight converter's load report
     try:
         return main(args)
     except (ValueError, KeyError, FloatingPointError) as exc:  # DataError / WeightError are ValueErrors

@@ -39,32 +39,65 @@ def is_main_process(args):
     return getattr(args, "rank", 0) == 0
 
 
+class _AllReduceSum(ms.nn.Cell):
+    """Collectives as compiled cells: the comm_func (pyboost) ops have no CPU kernels in MindSpore 2.10."""
+
+    def __init__(self):
+        super().__init__()
+        self.op = ms.ops.AllReduce()
+
+    def construct(self, x):
+        return self.op(x)
+
+
+class _AllGather(ms.nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.op = ms.ops.AllGather()  # concatenates the ranks' tensors along axis 0
+
+    def construct(self, x):
+        return self.op(x)
+
+
 def barrier(args):
+    """Every rank waits here until all arrive (a 1-element all-reduce)."""
     if getattr(args, "distributed", False):
-        from mindspore.communication.comm_func import barrier as _barrier
-        _barrier()
+        _AllReduceSum()(ms.Tensor(np.zeros(1, np.float32))).asnumpy()
 
 
 def all_gather_rows(array, args):
     """Concatenate every rank's rows (rank order); ranks may hold different numbers of rows."""
     if not getattr(args, "distributed", False):
         return array
-    from mindspore.communication.comm_func import all_gather_into_tensor
     array = np.asarray(array)
-    counts = all_gather_into_tensor(ms.Tensor(np.array([len(array)], np.int32)))[0].asnumpy()
-    padded = np.zeros((int(counts.max()),) + array.shape[1:], dtype=array.dtype)
+    counts = _AllGather()(ms.Tensor(np.array([len(array)], np.int32))).asnumpy().reshape(-1)
+    longest = max(int(counts.max()), 1)
+    padded = np.zeros((longest,) + array.shape[1:], dtype=array.dtype)  # equal shapes on every rank
     padded[:len(array)] = array
-    gathered = all_gather_into_tensor(ms.Tensor(padded))[0].asnumpy()
-    parts = np.split(gathered, len(counts))
-    return np.concatenate([part[:count] for part, count in zip(parts, counts)])
+    gathered = _AllGather()(ms.Tensor(padded)).asnumpy().reshape((len(counts), longest) + array.shape[1:])
+    return np.concatenate([part[:count] for part, count in zip(gathered, counts)])
 
 
 def all_reduce_mean(value, args):
     if not getattr(args, "distributed", False):
         return value
-    from mindspore.communication.comm_func import all_reduce
-    total = all_reduce(ms.Tensor(np.array([value], np.float32)))[0].asnumpy()
+    total = _AllReduceSum()(ms.Tensor(np.array([value], np.float32))).asnumpy()
     return float(total[0]) / args.world_size
+
+
+def write_weights_digest(model, args):
+    """Test hook: with RETFOUND_MS_DIGEST_DIR set, each rank writes the sha256 of its weights (rank<r>.txt)."""
+    folder = os.environ.get("RETFOUND_MS_DIGEST_DIR")
+    if not folder:
+        return
+    import hashlib
+    digest = hashlib.sha256()
+    for name, param in model.parameters_and_names():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(param.asnumpy()).tobytes())
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"rank{args.rank}.txt"), "w") as fh:
+        fh.write(digest.hexdigest())
 
 
 def seed_everything(seed):

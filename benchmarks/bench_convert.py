@@ -1,0 +1,69 @@
+"""Convert a generated ViT-L checkpoint in the published RETFound-MAE layout; time and peak RSS vs copying it.
+
+    python benchmarks/bench_convert.py [--workdir /tmp/bench_convert] [--reader auto|torch-free]
+
+Writes the checkpoint once (needs torch: pip install -e ".[dev]"), then measures, each in a fresh process:
+copying the file (shutil.copyfile), and download_and_convert_weights on it. Prints one JSON line.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CHILD = r"""
+import json, os, resource, shutil, sys, time
+sys.path.insert(0, {root!r})
+if {block_torch!r}:
+    sys.modules["torch"] = None
+what, src, dst = sys.argv[1:4]
+if what == "convert":
+    from util_mindspore.weight_converter import download_and_convert_weights
+start = time.perf_counter()
+if what == "copy":
+    shutil.copyfile(src, dst)
+else:
+    download_and_convert_weights(src, cache_dir=dst, force=True)
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def write_checkpoint(path):
+    import torch
+    from tests.checkpoint_layouts import mae_pretrained
+    torch.manual_seed(0)
+    mae_pretrained(path, name="RETFound_mae")
+
+
+def measure(what, src, dst, block_torch):
+    code = CHILD.format(root=ROOT, block_torch=block_torch)
+    done = subprocess.run([sys.executable, "-c", code, what, src, dst], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/bench_convert")
+    parser.add_argument("--reader", default="auto", choices=["auto", "torch-free"])
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    src = os.path.join(args.workdir, "RETFound_mae_vitl.pth")
+    if not os.path.exists(src):
+        write_checkpoint(src)
+    size_mb = os.path.getsize(src) / 2 ** 20
+    copy = measure("copy", src, os.path.join(args.workdir, "copy.pth"), False)
+    convert = measure("convert", src, os.path.join(args.workdir, "cache"), args.reader == "torch-free")
+    print(json.dumps({"file_mb": round(size_mb, 1), "reader": args.reader,
+                      "copy_s": round(copy["seconds"], 2), "convert_s": round(convert["seconds"], 2),
+                      "ratio": round(convert["seconds"] / copy["seconds"], 2),
+                      "convert_peak_rss_mb": round(convert["peak_rss_mb"])}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Time one framework on one ViT workload; prints one JSON line (img_per_s median, first_step_s, peak_rss_mb).
+
+    python benchmarks/bench_vit.py --framework mindspore --model RETFound_mae --mode train --batch_size 2
+    python benchmarks/bench_vit.py --framework torch --model RETFound_mae --mode infer --batch_size 4
+
+The MindSpore side runs the code path main_finetune_mindspore.py runs (same model, TrainStep, AdamW with
+layer-decay groups); the torch side is the upstream-equivalent model from tests/ trained as upstream does
+(param_groups_lrd + torch.optim.AdamW). Warm-up steps are excluded from the median.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_mindspore(args, images, labels):
+    import mindspore as ms
+    import models_vit_mindspore
+    from engine_finetune_mindspore import TrainStep
+    from util_mindspore.lr_decay import param_groups_lrd
+    from util_mindspore.mixup import one_hot
+    from util_mindspore.optim import AdamW
+    ms.set_context(mode=ms.GRAPH_MODE)
+    model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
+                                              drop_path_rate=0.1 if args.mode == "train" else 0.0)
+    if args.amp_level != "O0":
+        model = ms.amp.auto_mixed_precision(model, args.amp_level)
+    x = ms.Tensor(images)
+    if args.mode == "infer":
+        model.set_train(False)
+        return lambda: model(x).asnumpy()
+    scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
+    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=None)
+    step.set_train(True)
+    y, lr = ms.Tensor(one_hot(labels, args.num_classes)), ms.Tensor(1e-4, ms.float32)
+    return lambda: step(x, y, lr, True)[0].asnumpy()
+
+
+def run_torch(args, images, labels):
+    import torch
+    from tests.torch_reference import create_reference, upstream_param_groups_lrd
+    torch.set_num_threads(args.threads)
+    model = create_reference(args.model, img_size=args.input_size, num_classes=args.num_classes,
+                             drop_path_rate=0.1 if args.mode == "train" else 0.0)
+    x = torch.from_numpy(images)
+    if args.mode == "infer":
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                return model(x).numpy()
+        return infer
+    groups = upstream_param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=1e-4)
+    y = torch.from_numpy(labels).long()
+    model.train()
+
+    def train():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return train
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", required=True, choices=["mindspore", "torch"])
+    parser.add_argument("--model", default="RETFound_mae")
+    parser.add_argument("--mode", default="infer", choices=["infer", "train"])
+    parser.add_argument("--batch_size", default=4, type=int)
+    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--num_classes", default=5, type=int)
+    parser.add_argument("--amp_level", default="O0", choices=["O0", "O1", "O2", "O3"])
+    parser.add_argument("--steps", default=5, type=int, help="timed steps after the warm-up step")
+    parser.add_argument("--threads", default=os.cpu_count(), type=int)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((args.batch_size, 3, args.input_size, args.input_size)).astype(np.float32)
+    labels = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
+    started = time.perf_counter()
+    step = (run_mindspore if args.framework == "mindspore" else run_torch)(args, images, labels)
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    step()
+    first_step_s = time.perf_counter() - started
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    median = statistics.median(times)
+    print(json.dumps({"framework": args.framework, "model": args.model, "mode": args.mode,
+                      "batch_size": args.batch_size, "input_size": args.input_size, "amp_level": args.amp_level,
+                      "img_per_s": round(args.batch_size / median, 3), "step_s": round(median, 3),
+                      "first_step_s": round(first_step_s, 1), "build_s": round(build_s, 1),
+                      "peak_rss_mb": round(peak_rss_mb())}))
+
+
+if __name__ == "__main__":
+    main()

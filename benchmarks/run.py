@@ -1,0 +1,91 @@
+"""Run bench_vit.py for both frameworks alternately (A B A B, fresh processes); print a Markdown table.
+
+    python benchmarks/run.py                      # ViT-L/16 224: train batch 2, inference batch 4, 2 rounds
+    python benchmarks/run.py --rounds 3 --model vit_base_patch16
+
+The first-step figure of MindSpore includes graph compilation. Medians are pooled over rounds.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = [("train", 2), ("infer", 4)]
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            mem_gb = int(fh.readline().split()[1]) / 2 ** 20
+    except OSError:
+        mem_gb = float("nan")
+    import mindspore
+    versions = f"MindSpore {mindspore.__version__}"
+    try:
+        import torch
+        versions += f", torch {torch.__version__}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, Python {platform.python_version()}, {versions}"
+
+
+def bench(framework, mode, batch, args):
+    command = [sys.executable, os.path.join(HERE, "bench_vit.py"), "--framework", framework, "--mode", mode,
+               "--batch_size", str(batch), "--model", args.model, "--input_size", str(args.input_size),
+               "--steps", str(args.steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="RETFound_mae")
+    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--rounds", default=2, type=int)
+    parser.add_argument("--steps", default=5, type=int)
+    args = parser.parse_args()
+    results = {}
+    for _ in range(args.rounds):
+        for mode, batch in WORKLOADS:
+            for framework in ("torch", "mindspore"):
+                out = bench(framework, mode, batch, args)
+                results.setdefault((mode, batch, framework), []).append(out)
+                print(json.dumps(out), file=sys.stderr, flush=True)
+    print(f"Machine: {machine()}\n")
+    print(f"Model: {args.model} at {args.input_size} px, float32, {args.rounds} rounds of {args.steps} timed steps\n")
+    print("| work | PyTorch img/s | MindSpore img/s | speed ratio | PyTorch peak RSS | MindSpore peak RSS | RSS ratio "
+          "| first step torch / ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, batch in WORKLOADS:
+        row = {}
+        for framework in ("torch", "mindspore"):
+            runs = [r for r in results[(mode, batch, framework)] if "error" not in r]
+            if not runs:
+                row[framework] = None
+                continue
+            row[framework] = {k: statistics.median(r[k] for r in runs)
+                              for k in ("img_per_s", "peak_rss_mb", "first_step_s")}
+        t, m = row["torch"], row["mindspore"]
+        if t is None or m is None:
+            print(f"| {mode} batch {batch} | {t and t['img_per_s']} | {m and m['img_per_s']} | failed | | | | |")
+            continue
+        print(f"| {mode} batch {batch} | {t['img_per_s']:.3f} | {m['img_per_s']:.3f} | "
+              f"{m['img_per_s'] / t['img_per_s']:.2f}x | {t['peak_rss_mb'] / 1024:.1f} GB | "
+              f"{m['peak_rss_mb'] / 1024:.1f} GB | {m['peak_rss_mb'] / t['peak_rss_mb']:.2f}x | "
+              f"{t['first_step_s']:.0f} s / {m['first_step_s']:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Data-parallel runs under msrun on CPU: two workers, one converted checkpoint, identical weights."""
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import main_finetune_mindspore
+from tests.hf_server import FakeHub
+from tests.test_main_finetune_mindspore import make_dataset, read_metrics
+
+torch = pytest.importorskip("torch", reason="writing a checkpoint in the published layout needs torch")
+pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
+from tests import checkpoint_layouts as layouts  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.msrun
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def msrun_run(tmp_path_factory):
+    if shutil.which("msrun") is None:
+        pytest.skip("msrun (installed with mindspore) is not on PATH")
+    tmp = tmp_path_factory.mktemp("msrun")
+    # 3 classes x 5 test images: 15, an odd test set over 2 ranks
+    data = make_dataset(tmp / "data", per_split={"train": 8, "val": 3, "test": 5})
+    pth = str(tmp / "RETFound_mae_meh.pth")
+    layouts.mae_pretrained(pth)
+    with FakeHub(token="hf_test_token") as hub:
+        hub.add("YukunZhou/RETFound_mae_meh", "RETFound_mae_meh.pth", pth, gated=True)
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_TOKEN="hf_test_token", HF_HUB_CACHE=str(tmp / "hf"),
+                   RETFOUND_MS_CACHE=str(tmp / "weights"), RETFOUND_MS_DIGEST_DIR=str(tmp / "digests"))
+        command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+                   f"--log_dir={tmp / 'logs'}", "--join=True", os.path.join(ROOT, "main_finetune_mindspore.py"),
+                   "--model", "vit_tiny_patch16", "--finetune", "RETFound_mae_meh", "--data_path", data,
+                   "--nb_classes", "3", "--input_size", "32", "--batch_size", "4", "--epochs", "2",
+                   "--warmup_epochs", "1", "--output_dir", str(tmp / "out"), "--task", "t", "--num_workers", "2",
+                   "--dist_eval"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(tmp), timeout=900)
+        gets = hub.gets()
+    logs = {name: open(tmp / "logs" / name).read() for name in os.listdir(tmp / "logs") if name.startswith("worker")}
+    assert done.returncode == 0, done.stderr[-3000:] + "\n".join(logs.values())[-5000:]
+    return tmp, data, gets, logs
+
+
+def test_two_workers_train_to_identical_weights(msrun_run):
+    tmp, _, _, logs = msrun_run
+    digests = [open(tmp / "digests" / f"rank{r}.txt").read() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert len(read_metrics(tmp / "out" / "t" / "metrics_val.csv")) == 2  # one row per epoch, written once
+    assert all("effective batch size: 8" in text for text in logs.values() if "rank 0" in text)
+
+
+def test_two_ranks_download_and_convert_once(msrun_run):
+    _, _, gets, logs = msrun_run
+    assert gets == 1
+    assert sum(text.count("converted ") for text in logs.values()) == 1
+    assert sum(text.count("loaded ") for text in logs.values()) >= 2  # both ranks load the converted weights
+
+
+def test_dist_eval_equals_single_process_eval_and_lists_every_image_once(msrun_run):
+    tmp, data, _, _ = msrun_run
+    with open(tmp / "out" / "t" / "predictions_test.csv", newline="") as fh:
+        paths = [row[0] for row in list(csv.reader(fh))[1:]]
+    assert len(paths) == len(set(paths)) == 15
+    code = main_finetune_mindspore.run([
+        "--eval", "--resume", str(tmp / "out" / "t" / "checkpoint-best.ckpt"), "--model", "vit_tiny_patch16",
+        "--data_path", data, "--nb_classes", "3", "--input_size", "32", "--batch_size", "4",
+        "--output_dir", str(tmp / "single"), "--task", "t"])
+    assert code == 0
+    distributed = read_metrics(tmp / "out" / "t" / "metrics_test.csv")
+    single = read_metrics(tmp / "single" / "t" / "metrics_test.csv")
+    assert distributed == [pytest.approx(row, abs=1e-6) for row in single]
