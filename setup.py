@@ -26,6 +26,9 @@ setup(
     python_requires=">=3.9,<3.12",
     py_modules=[
         "models_vit_mindspore",
+        "engine_finetune_mindspore",
+        "main_finetune_mindspore",
+        "convert_weights_example",
     ],
     packages=["util_mindspore"],
     install_requires=RUNTIME,

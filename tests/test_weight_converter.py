@@ -96,17 +96,26 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("reader", ["torch", "torch-free"])
-def test_a_pickle_payload_never_runs(tmp_path, monkeypatch, reader):
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_a_pickle_payload_never_runs(tmp_path, layout):
+    """zip files go through our reader, legacy (pre-1.6) ones through torch.load(weights_only=True)."""
     marker = tmp_path / "payload_ran"
     path = str(tmp_path / "evil.pth")
-    torch.save({"model": {"cls_token": torch.zeros(1)}, "args": _Payload(marker)}, path)
-    if reader == "torch-free":
-        monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    torch.save({"model": {"cls_token": torch.zeros(1)}, "args": _Payload(marker)}, path,
+               _use_new_zipfile_serialization=(layout == "zip"))
     with pytest.raises(wc.WeightError, match="unsafe checkpoint"):
         wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
     assert not marker.exists()
     assert not list((tmp_path / "cache").glob("*.ckpt"))
+
+
+def test_legacy_format_is_read_through_torch(tmp_path):
+    path = str(tmp_path / "legacy.pth")
+    sd = layouts.mae_pretrained(str(tmp_path / "zip.pth"))
+    torch.save({"model": sd}, path, _use_new_zipfile_serialization=False)
+    arrays = wc.load_ckpt_arrays(wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache")))
+    np.testing.assert_array_equal(arrays["blocks.3.mlp.fc1.weight"], sd["blocks.3.mlp.fc1.weight"].numpy())
+    assert not any(k.startswith("decoder") for k in arrays)
 
 
 def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):

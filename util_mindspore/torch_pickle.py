@@ -24,6 +24,10 @@ class UnsafePickleError(pickle.UnpicklingError):
     """The checkpoint asks for a Python object outside the allow-list (it could run code)."""
 
 
+class NotZipCheckpoint(ValueError):
+    """Not a torch zip archive: a legacy (torch < 1.6) file, or a truncated / corrupt one."""
+
+
 class _Storage:
     def __init__(self, archive, name, dtype):
         self.archive, self.name, self.dtype = archive, name, dtype
@@ -99,7 +103,7 @@ def load(path):
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path}: not a PyTorch zip checkpoint ({exc}); legacy (torch < 1.6) files and "
+        raise NotZipCheckpoint(f"{path}: not a PyTorch zip checkpoint ({exc}); legacy (torch < 1.6) files and "
                          "truncated downloads are not readable") from None
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
