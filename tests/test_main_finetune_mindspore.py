@@ -193,6 +193,12 @@ def test_a_resume_checkpoint_that_does_not_fit_is_refused(tmp_path):
     data = make_dataset(tmp_path / "data")
     assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=2)) == 0
     ckpt = str(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
+    # our training checkpoint is also a clean --finetune source: optimizer state is not "unexpected"
+    import models_vit_mindspore
+    from util_mindspore.weight_converter import load_pretrained_weights
+    report = load_pretrained_weights(models_vit_mindspore.create_model("vit_tiny_patch16", img_size=32, num_classes=3),
+                                     ckpt)
+    assert report.missing == report.unexpected == report.reinitialized == [] and len(report.loaded) == 152
     argv = small_argv(data, str(tmp_path / "other"), epochs=2, extra=["--resume", ckpt])
     argv[argv.index("vit_tiny_patch16")] = "vit_small_patch16"
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune_mindspore.py"), *argv],

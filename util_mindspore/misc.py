@@ -11,8 +11,9 @@ import random
 import numpy as np
 import mindspore as ms
 
+from util_mindspore.weight_converter import TRAINING_STATE_PREFIXES, WeightError, save_arrays_ckpt
+
 CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
-STATE_PREFIXES = ("optimizer.", "loss_scale.", "accum.")
 
 
 # --- distributed ------------------------------------------------------------------------------------------
@@ -114,7 +115,6 @@ def _jsonable_args(args):
 
 def save_model(path, model, train_step, epoch, best_score, class_names, args):
     """Model + optimizer + loss scale + epoch + best score + class names + args, atomically."""
-    from util_mindspore.weight_converter import save_arrays_ckpt
     arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
     if train_step is not None:
         arrays.update({p.name: p.asnumpy() for p in train_step.state_parameters()})
@@ -126,7 +126,6 @@ def save_model(path, model, train_step, epoch, best_score, class_names, args):
 
 def read_training_checkpoint(path):
     """(model arrays, state arrays, info) from one of our training checkpoints."""
-    from util_mindspore.weight_converter import WeightError
     try:
         loaded = ms.load_checkpoint(path)
     except Exception as exc:
@@ -136,6 +135,6 @@ def read_training_checkpoint(path):
     info = {"epoch": int(loaded.pop("epoch").asnumpy()) if "epoch" in loaded else None,
             "best_score": float(loaded.pop("best_score").asnumpy()) if "best_score" in loaded else None, **meta}
     arrays = {k: v.asnumpy() for k, v in loaded.items() if isinstance(v, ms.Parameter)}
-    model_arrays = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIXES)}
-    state_arrays = {k: v for k, v in arrays.items() if k.startswith(STATE_PREFIXES)}
+    model_arrays = {k: v for k, v in arrays.items() if not k.startswith(TRAINING_STATE_PREFIXES)}
+    state_arrays = {k: v for k, v in arrays.items() if k.startswith(TRAINING_STATE_PREFIXES)}
     return model_arrays, state_arrays, info

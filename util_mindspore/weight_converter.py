@@ -37,6 +37,10 @@ PUBLISHED = {
 }
 HF_ORG = "YukunZhou"
 
+# What our training checkpoints hold beside the model (see util_mindspore/misc.py): never model weights.
+TRAINING_STATE_PREFIXES = ("optimizer.", "loss_scale.", "accum.")
+TRAINING_INFO_KEYS = ("epoch", "best_score", "meta")
+
 # Backbone parameters: a model parameter of these families must come from the checkpoint.
 _BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
 # Source keys that are not part of the encoder (MAE decoder, DINO heads, masking token).
@@ -446,7 +450,6 @@ def load_pretrained_weights(model, name_or_path, cache_dir=None, token=None, rev
     the user's checkpoint holds.
     """
     ckpt_path = download_and_convert_weights(name_or_path, cache_dir, token=token, revision=revision, force=force)
-    arrays = load_ckpt_arrays(ckpt_path)
-    if any(k.startswith("model.") for k in arrays):  # a training checkpoint of ours (see misc.save_model)
-        arrays = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    arrays = {k: v for k, v in load_ckpt_arrays(ckpt_path).items()
+              if not k.startswith(TRAINING_STATE_PREFIXES) and k not in TRAINING_INFO_KEYS}
     return load_arrays_into_model(model, arrays, source=str(name_or_path))
