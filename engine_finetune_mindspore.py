@@ -59,6 +59,12 @@ class TrainStep(nn.Cell):
     def scaled_loss(self, images, targets):
         return soft_target_cross_entropy(self.model(images), targets) * self.loss_scale / self.accum_iter
 
+    def reset_accumulation(self):
+        """Drop gradients left from an incomplete accumulation (upstream's optimizer.zero_grad() at epoch start)."""
+        if self.accum is not None:
+            for buffer in self.accum:
+                buffer.set_data(ops.zeros_like(buffer))
+
     def state_parameters(self):
         extra = list(self.accum) if self.accum is not None else []
         return list(self.optimizer.exp_avg) + list(self.optimizer.exp_avg_sq) + [self.optimizer.step] + \
@@ -126,6 +132,7 @@ class _Progress:
 def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
     """Upstream's loop: lr set every iteration at epoch + it / len(loader); returns averaged stats."""
     train_step.set_train(True)
+    train_step.reset_accumulation()
     loader.set_epoch(epoch)
     accum_iter = args.accum_iter
     losses, lrs = [], []
@@ -138,7 +145,7 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
             images, soft = mixup_fn(images, targets)
         else:
             soft = one_hot(targets, args.nb_classes)
-        update = (it + 1) % accum_iter == 0 or it + 1 == len(loader)
+        update = (it + 1) % accum_iter == 0  # as upstream: a last incomplete accumulation is dropped
         loss, _, _ = train_step(Tensor(images), Tensor(soft), Tensor(lr, ms.float32), update)
         loss_value = float(loss.asnumpy())
         if not math.isfinite(loss_value):
