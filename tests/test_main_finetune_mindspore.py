@@ -206,3 +206,19 @@ def test_a_resume_checkpoint_that_does_not_fit_is_refused(tmp_path):
     assert done.returncode == 1
     assert "does not fit this model" in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "other" / "t" / "checkpoint-last.ckpt")
+
+
+def test_linear_probe_trains_only_the_head(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    start = tmp_path / "start"
+    assert main_finetune_mindspore.run(small_argv(data, str(start), epochs=2)) == 0
+    first = os.path.join(start, "t", "checkpoint-last.ckpt")
+    out = tmp_path / "lp"
+    assert main_finetune_mindspore.run(small_argv(data, str(out), epochs=2,
+                                                  extra=["--adaptation", "lp", "--finetune", first])) == 0
+    before, _, _ = misc.read_training_checkpoint(first)
+    after, state, _ = misc.read_training_checkpoint(os.path.join(out, "t", "checkpoint-last.ckpt"))
+    changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
+    assert changed == ["head.bias", "head.weight"]
+    assert sorted(k for k in state if k.startswith("optimizer.exp_avg.")) == [
+        "optimizer.exp_avg.head.bias", "optimizer.exp_avg.head.weight"]
