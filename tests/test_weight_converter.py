@@ -320,3 +320,14 @@ def test_cli_errors_are_one_line(hub, tmp_path, args, message):
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
     assert not list((tmp_path / "cache").glob("*.ckpt")) if (tmp_path / "cache").exists() else True
+
+
+def test_a_touched_but_unchanged_local_file_is_a_cache_hit(tmp_path):
+    path = str(tmp_path / "local.pth")
+    layouts.mae_pretrained(path)
+    ckpt = wc.download_and_convert_weights(path)
+    stamp = os.stat(ckpt).st_mtime_ns
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    assert wc.download_and_convert_weights(path) == ckpt and os.stat(ckpt).st_mtime_ns == stamp
+    meta = json.load(open(ckpt[:-len(".ckpt")] + ".json"))
+    assert meta["source_identity"]["mtime_ns"] == os.stat(path).st_mtime_ns

@@ -125,10 +125,7 @@ def _read_torch_file(path):
     try:
         return torch_pickle.load(path)
     except torch_pickle.NotZipCheckpoint:
-        try:
-            import torch
-        except ImportError:
-            raise
+        import torch  # only torch reads the legacy format; without it the ImportError reports "unreadable"
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -300,7 +297,8 @@ def _cache_paths(cache_dir, source):
     return base + ".ckpt", base + ".json", base + ".lock"
 
 
-def _is_cache_hit(source, ckpt_path, meta, token, revision):
+def _is_cache_hit(source, ckpt_path, meta_path, token, revision):
+    meta = _read_meta(meta_path)
     if meta is None or meta.get("converter_version") != CONVERTER_VERSION or not os.path.exists(ckpt_path):
         return False
     if source.kind == "local":
@@ -308,7 +306,11 @@ def _is_cache_hit(source, ckpt_path, meta, token, revision):
             return False
         if meta.get("source_identity") == _file_identity(source.path):
             return True
-        return meta.get("source_sha256") == _sha256(source.path)
+        if meta.get("source_sha256") != _sha256(source.path):
+            return False
+        # same bytes, new mtime (a copy, a touch): remember the new identity so the next call skips the hash
+        _write_atomic_json(meta_path, dict(meta, source_identity=_file_identity(source.path)))
+        return True
     if meta.get("repo_id") != source.repo_id or meta.get("filename") != source.filename or \
             meta.get("revision") != revision:
         return False
@@ -353,7 +355,7 @@ def download_and_convert_weights(name_or_path, cache_dir=None, token=None, revis
     ckpt_path, meta_path, lock_path = _cache_paths(cache_dir, source)
     token = token or None
     with FileLock(lock_path):
-        if not force and _is_cache_hit(source, ckpt_path, _read_meta(meta_path), token, revision):
+        if not force and _is_cache_hit(source, ckpt_path, meta_path, token, revision):
             return ckpt_path
         if source.kind == "local":
             path, extra = source.path, {"source_path": source.path, "source_identity": _file_identity(source.path)}
