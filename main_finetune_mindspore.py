@@ -166,7 +166,6 @@ def load_resume(args, model, train_step):
 
 
 def main(args):
-    import numpy as np
     import mindspore as ms
     from mindspore import nn
 

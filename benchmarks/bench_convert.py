@@ -8,10 +8,8 @@ copying the file (shutil.copyfile), and download_and_convert_weights on it. Prin
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

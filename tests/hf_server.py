@@ -6,7 +6,6 @@ gated repos answer 401 without a bearer token. Binds 127.0.0.1 only and counts e
 import collections
 import hashlib
 import http.server
-import os
 import threading
 import urllib.parse
 

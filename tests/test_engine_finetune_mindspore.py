@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-import models_vit_mindspore as M
 from engine_finetune_mindspore import TrainStep, train_one_epoch
 from util_mindspore.lr_decay import param_groups_lrd
 from util_mindspore.lr_sched import learning_rate

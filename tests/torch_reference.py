@@ -4,7 +4,6 @@ Imported only by tests (and benchmarks); torch and timm are dev extras, never ru
 """
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn as nn
 import timm

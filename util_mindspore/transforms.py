@@ -10,7 +10,6 @@ MindSpore's built-in RandAugment is torchvision's variant, and OpenCV's bicubic 
 keeps at least 1 bit (timm 0.9.2 can ask for 0, which Pillow >= 13 refuses mid-epoch).
 """
 import math
-import random
 import re
 
 import numpy as np
