@@ -132,13 +132,12 @@ def configure_context(args):
 
 def load_resume(args, model, train_step):
     """Model (and, to continue training, optimizer / loss scale / epoch / best score) from --resume."""
-    from util_mindspore import misc
     from util_mindspore import weight_converter as wc
     if args.resume.endswith(".ckpt") and os.path.isfile(args.resume):
-        model_arrays, state_arrays, info = misc.read_training_checkpoint(args.resume)
+        model_arrays, state_arrays, info = wc.read_ckpt(args.resume)
     else:  # an upstream checkpoint-best.pth: weights only (torch optimizer state is not carried over)
         path = wc.download_and_convert_weights(args.resume, args.weights_cache_dir)
-        model_arrays, state_arrays, info = misc.read_training_checkpoint(path)
+        model_arrays, state_arrays, info = wc.read_ckpt(path)
     report = wc.load_arrays_into_model(model, model_arrays, source=args.resume, keep_head=True)
     if report.reinitialized or report.missing:
         raise wc.WeightError(f"{args.resume} does not fit --model {args.model} --nb_classes {args.nb_classes}: "
@@ -177,7 +176,7 @@ def main(args):
     from util_mindspore.metrics import save_training_curves
     from util_mindspore.mixup import Mixup
     from util_mindspore.optim import AdamW
-    from util_mindspore.weight_converter import load_pretrained_weights
+    from util_mindspore import weight_converter as wc
 
     check_args(args)
     configure_context(args)
@@ -198,7 +197,7 @@ def main(args):
     model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.nb_classes,
                                               drop_path_rate=args.drop_path, global_pool=args.global_pool)
     if args.finetune and not args.eval:
-        load_pretrained_weights(model, args.finetune, cache_dir=args.weights_cache_dir)
+        wc.load_pretrained_weights(model, args.finetune, cache_dir=args.weights_cache_dir)
     misc.seed_everything(args.seed + args.rank)  # then per-rank randomness, as upstream seeds
     if args.adaptation == "lp":
         for name, param in model.parameters_and_names():
@@ -270,9 +269,8 @@ def main(args):
 
     best_path = os.path.join(out_dir, "checkpoint-best.ckpt")
     if os.path.exists(best_path):
-        model_arrays, _, info = misc.read_training_checkpoint(best_path)
-        from util_mindspore.weight_converter import load_arrays_into_model
-        load_arrays_into_model(model, model_arrays, source=best_path)
+        model_arrays, _, info = wc.read_ckpt(best_path)
+        wc.load_arrays_into_model(model, model_arrays, source=best_path)
         if main_process:
             print(f"Testing with the best checkpoint (epoch {info.get('epoch')}, val score {info.get('best_score'):.4f})")
     evaluate(model, test_loader, args, "test", class_names)

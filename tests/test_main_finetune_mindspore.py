@@ -15,6 +15,7 @@ import engine_finetune_mindspore
 import main_finetune_mindspore
 from util_mindspore import metrics as metrics_lib
 from util_mindspore import misc
+from util_mindspore import weight_converter as wc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,8 +153,8 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     assert sorted(seen[broken]) == [0, 1, 2]
     for epoch in (1, 2):
         assert seen[broken][epoch] == seen[whole][epoch]  # the same lr at every iteration
-    _, state_whole, info_whole = misc.read_training_checkpoint(os.path.join(whole, "t", "checkpoint-last-epoch1.ckpt"))
-    _, state_resumed, info_resumed = misc.read_training_checkpoint(last.replace(".ckpt", "-epoch1.ckpt"))
+    _, state_whole, info_whole = wc.read_ckpt(os.path.join(whole, "t", "checkpoint-last-epoch1.ckpt"))
+    _, state_resumed, info_resumed = wc.read_ckpt(last.replace(".ckpt", "-epoch1.ckpt"))
     assert info_whole["epoch"] == info_resumed["epoch"] == 1
     assert set(state_whole) == set(state_resumed) and "optimizer.step" in state_whole
     for name, array in state_whole.items():
@@ -216,8 +217,8 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     out = tmp_path / "lp"
     assert main_finetune_mindspore.run(small_argv(data, str(out), epochs=2,
                                                   extra=["--adaptation", "lp", "--finetune", first])) == 0
-    before, _, _ = misc.read_training_checkpoint(first)
-    after, state, _ = misc.read_training_checkpoint(os.path.join(out, "t", "checkpoint-last.ckpt"))
+    before, _, _ = wc.read_ckpt(first)
+    after, state, _ = wc.read_ckpt(os.path.join(out, "t", "checkpoint-last.ckpt"))
     changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
     assert changed == ["head.bias", "head.weight"]
     assert sorted(k for k in state if k.startswith("optimizer.exp_avg.")) == [

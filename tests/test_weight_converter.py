@@ -113,7 +113,7 @@ def test_legacy_format_is_read_through_torch(tmp_path):
     path = str(tmp_path / "legacy.pth")
     sd = layouts.mae_pretrained(str(tmp_path / "zip.pth"))
     torch.save({"model": sd}, path, _use_new_zipfile_serialization=False)
-    arrays = wc.load_ckpt_arrays(wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache")))
+    arrays, _, _ = wc.read_ckpt(wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache")))
     np.testing.assert_array_equal(arrays["blocks.3.mlp.fc1.weight"], sd["blocks.3.mlp.fc1.weight"].numpy())
     assert not any(k.startswith("decoder") for k in arrays)
 
@@ -205,7 +205,7 @@ def test_changed_source_or_force_converts_again(hub, tmp_path):
     layouts.mae_pretrained(path, seed=99)  # the hub now serves another file (new ETag)
     ckpt = wc.download_and_convert_weights("RETFound_mae_natureCFP", token=TOKEN)
     assert hub.gets() == 2
-    first_key = wc.load_ckpt_arrays(ckpt)["cls_token"]
+    first_key = wc.read_ckpt(ckpt)[0]["cls_token"]
     expected = torch.load(path, weights_only=False)["model"]["cls_token"].numpy()
     np.testing.assert_array_equal(first_key, expected)
     before = os.stat(ckpt).st_mtime_ns

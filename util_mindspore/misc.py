@@ -1,6 +1,6 @@
 """Process-level helpers: distributed context under msrun, seeding, and training checkpoints.
 
-A training checkpoint (.ckpt) holds the model parameters under their PyTorch names (so it is also a valid
+A training checkpoint (.ckpt; read back by weight_converter.read_ckpt) holds the model parameters under their PyTorch names (so it is also a valid
 --finetune source), `optimizer.*` moments and step, `loss_scale.*`, and epoch / best score / class names /
 args. It is written to a temp file and renamed, by rank 0 only.
 """
@@ -11,7 +11,7 @@ import random
 import numpy as np
 import mindspore as ms
 
-from util_mindspore.weight_converter import TRAINING_STATE_PREFIXES, WeightError, save_arrays_ckpt
+from util_mindspore.weight_converter import save_arrays_ckpt
 
 CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
 
@@ -122,19 +122,3 @@ def save_model(path, model, train_step, epoch, best_score, class_names, args):
             "model": args.model}
     save_arrays_ckpt(arrays, path, append_dict={"epoch": int(epoch), "best_score": float(best_score),
                                                 "meta": json.dumps(meta)})
-
-
-def read_training_checkpoint(path):
-    """(model arrays, state arrays, info) from one of our training checkpoints."""
-    try:
-        loaded = ms.load_checkpoint(path)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first}") from None
-    meta = json.loads(loaded.pop("meta")) if isinstance(loaded.get("meta"), str) else {}
-    info = {"epoch": int(loaded.pop("epoch").asnumpy()) if "epoch" in loaded else None,
-            "best_score": float(loaded.pop("best_score").asnumpy()) if "best_score" in loaded else None, **meta}
-    arrays = {k: v.asnumpy() for k, v in loaded.items() if isinstance(v, ms.Parameter)}
-    model_arrays = {k: v for k, v in arrays.items() if not k.startswith(TRAINING_STATE_PREFIXES)}
-    state_arrays = {k: v for k, v in arrays.items() if k.startswith(TRAINING_STATE_PREFIXES)}
-    return model_arrays, state_arrays, info

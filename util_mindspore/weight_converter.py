@@ -39,12 +39,17 @@ HF_ORG = "YukunZhou"
 
 # What our training checkpoints hold beside the model (see util_mindspore/misc.py): never model weights.
 TRAINING_STATE_PREFIXES = ("optimizer.", "loss_scale.", "accum.")
-TRAINING_INFO_KEYS = ("epoch", "best_score", "meta")
 
 # Backbone parameters: a model parameter of these families must come from the checkpoint.
 _BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
 # Source keys that are not part of the encoder (MAE decoder, DINO heads, masking token).
 _DROPPED = re.compile(r"^(decoder_|mask_token$|dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
+
+
+def _first_line(exc):
+    """An exception's first line of text (or its type): error messages here stay one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class WeightError(ValueError):
@@ -142,8 +147,7 @@ def read_checkpoint_file(path):
     except Exception as exc:  # corrupt, truncated, unsafe: one line, no traceback for the user
         kind = "unsafe" if "refusing" in str(exc) or "weights_only" in str(exc).lower() or \
             "Unsupported global" in str(exc) else "unreadable (truncated or corrupt?)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightError(f"{path}: {kind} checkpoint: {first}") from None
+        raise WeightError(f"{path}: {kind} checkpoint: {_first_line(exc)}") from None
 
 
 # --- layouts: one small function per source family ---------------------------------------------------------
@@ -252,8 +256,7 @@ def _hub_file_etag(source, token, revision):
     try:
         return get_hf_file_metadata(url, token=token).etag
     except Exception as exc:  # HTTP errors, offline mode, connection errors and timeouts of any HTTP client
-        logger.info("could not ask the hub for %s/%s (%s)", source.repo_id, source.filename,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        logger.info("could not ask the hub for %s/%s (%s)", source.repo_id, source.filename, _first_line(exc))
         return None
 
 
@@ -284,7 +287,7 @@ def _download(source, token, revision):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
             raise WeightError(_gated_message(source)) from None
-        raise WeightError(f"{where}: download failed: {str(exc).splitlines()[0]}") from None
+        raise WeightError(f"{where}: download failed: {_first_line(exc)}") from None
 
 
 def _gated_message(source):
@@ -431,16 +434,24 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
     return report
 
 
-def load_ckpt_arrays(ckpt_path, prefix=""):
-    """name -> numpy array from one of our .ckpt files (keys starting with `prefix`, prefix removed)."""
+def read_ckpt(ckpt_path):
+    """(model arrays, training-state arrays, info) from one of our .ckpt files: a conversion or a training checkpoint.
+
+    Training state is what TRAINING_STATE_PREFIXES names; info holds epoch, best_score and the JSON meta
+    (class names, args) when the file is a training checkpoint (util_mindspore/misc.save_model).
+    """
     import mindspore as ms
     try:
-        params = ms.load_checkpoint(ckpt_path)
+        loaded = ms.load_checkpoint(ckpt_path)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightError(f"{ckpt_path}: unreadable MindSpore checkpoint: {first}") from None
-    return {k[len(prefix):]: v.asnumpy() for k, v in params.items()
-            if k.startswith(prefix) and isinstance(v, ms.Parameter)}
+        raise WeightError(f"{ckpt_path}: unreadable MindSpore checkpoint: {_first_line(exc)}") from None
+    meta = json.loads(loaded.pop("meta")) if isinstance(loaded.get("meta"), str) else {}
+    info = {"epoch": int(loaded.pop("epoch").asnumpy()) if "epoch" in loaded else None,
+            "best_score": float(loaded.pop("best_score").asnumpy()) if "best_score" in loaded else None, **meta}
+    arrays = {k: v.asnumpy() for k, v in loaded.items() if isinstance(v, ms.Parameter)}
+    model_arrays = {k: v for k, v in arrays.items() if not k.startswith(TRAINING_STATE_PREFIXES)}
+    state_arrays = {k: v for k, v in arrays.items() if k.startswith(TRAINING_STATE_PREFIXES)}
+    return model_arrays, state_arrays, info
 
 
 def load_pretrained_weights(model, name_or_path, cache_dir=None, token=None, revision=None, force=False):
@@ -452,6 +463,5 @@ def load_pretrained_weights(model, name_or_path, cache_dir=None, token=None, rev
     the user's checkpoint holds.
     """
     ckpt_path = download_and_convert_weights(name_or_path, cache_dir, token=token, revision=revision, force=force)
-    arrays = {k: v for k, v in load_ckpt_arrays(ckpt_path).items()
-              if not k.startswith(TRAINING_STATE_PREFIXES) and k not in TRAINING_INFO_KEYS}
-    return load_arrays_into_model(model, arrays, source=str(name_or_path))
+    model_arrays, _, _ = read_ckpt(ckpt_path)
+    return load_arrays_into_model(model, model_arrays, source=str(name_or_path))
