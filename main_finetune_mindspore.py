@@ -101,6 +101,9 @@ def get_args_parser():
     parser.add_argument("--amp_level", default="auto", choices=["O0", "O1", "O2", "O3", "auto"],
                         help="mixed precision; auto: O0 on CPU (float16 is slower there), O2 on GPU/Ascend")
     parser.add_argument("--mode", default="graph", choices=["graph", "pynative"], help="MindSpore execution mode")
+    parser.add_argument("--compile_cache_dir", default=None,
+                        help="where compiled graphs are kept so the same command does not recompile (default "
+                             "$RETFOUND_MS_COMPILE_CACHE or <weights cache>/compile; 'off' disables it)")
     parser.add_argument("--savemodel", action="store_true", default=True, help="save checkpoints (upstream flag)")
     return parser
 
@@ -128,6 +131,19 @@ def configure_context(args):
     args.device = device
     if args.amp_level == "auto":
         args.amp_level = "O0" if device == "CPU" else "O2"
+
+
+# Flags that only name files: two runs that differ in these alone compile the same graphs.
+_NOT_IN_GRAPH = {"output_dir", "log_dir", "task", "finetune", "resume", "weights_cache_dir", "compile_cache_dir",
+                 "data_path", "device_id", "dist_url", "start_epoch"}
+
+
+def compile_cache_root(args):
+    """--compile_cache_dir, else $RETFOUND_MS_COMPILE_CACHE, else <weights cache>/compile; 'off' disables it."""
+    from util_mindspore.weight_converter import default_cache_dir
+    value = args.compile_cache_dir or os.environ.get("RETFOUND_MS_COMPILE_CACHE") or \
+        os.path.join(getattr(args, "weights_cache_dir", None) or default_cache_dir(), "compile")
+    return None if value.lower() == "off" else value
 
 
 def load_resume(args, model, train_step):
@@ -191,6 +207,15 @@ def main(args):
     datasets = build_datasets(args, splits)
     class_names = datasets[splits[0]].classes
     out_dir = os.path.join(args.output_dir, args.task)
+    cache_root = compile_cache_root(args)
+    # not under msrun: ranks would share one directory, and that is untested here (left as a note on issue #5)
+    if args.mode == "graph" and cache_root and not args.distributed:
+        # the key: every flag that can shape a graph, and the split sizes (they set the last batch's shape)
+        key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
+        key["split_sizes"] = {name: len(ds) for name, ds in datasets.items()}
+        where = misc.enable_compile_cache(cache_root, key)
+        if main_process and where:
+            print(f"compile cache: {where}")
     if main_process:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -228,8 +253,9 @@ def main(args):
     optimizer = AdamW(model.trainable_params(), lr_scales, weight_decays)
     grad_reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=args.world_size) \
         if args.distributed else None
+    # fp32 (O0) trains unscaled, as upstream's GradScaler disables itself without CUDA autocast
     train_step = TrainStep(model, optimizer, clip_grad=args.clip_grad, accum_iter=args.accum_iter,
-                           grad_reducer=grad_reducer)
+                           grad_reducer=grad_reducer, loss_scaling=args.amp_level != "O0")
     best_score = -float("inf")
     if args.resume:
         info = load_resume(args, model, train_step)

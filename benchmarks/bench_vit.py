@@ -32,7 +32,10 @@ def run_mindspore(args, images, labels):
     from util_mindspore.lr_decay import param_groups_lrd
     from util_mindspore.mixup import one_hot
     from util_mindspore.optim import AdamW
+    from main_finetune_mindspore import compile_cache_root
+    from util_mindspore.misc import enable_compile_cache
     ms.set_context(mode=ms.GRAPH_MODE)
+    enable_compile_cache(compile_cache_root(args), key={k: v for k, v in vars(args).items() if k != "steps"})
     model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
                                               drop_path_rate=0.1 if args.mode == "train" else 0.0)
     if args.amp_level != "O0":
@@ -42,7 +45,8 @@ def run_mindspore(args, images, labels):
         model.set_train(False)
         return lambda: model(x).asnumpy()
     scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
-    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=None)
+    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=None,
+                     loss_scaling=args.amp_level != "O0")  # as main_finetune_mindspore.py builds it
     step.set_train(True)
     y, lr = ms.Tensor(one_hot(labels, args.num_classes)), ms.Tensor(1e-4, ms.float32)
     return lambda: step(x, y, lr, True)[0].asnumpy()
@@ -87,6 +91,8 @@ def main():
     parser.add_argument("--amp_level", default="O0", choices=["O0", "O1", "O2", "O3"])
     parser.add_argument("--steps", default=5, type=int, help="timed steps after the warm-up step")
     parser.add_argument("--threads", default=os.cpu_count(), type=int)
+    parser.add_argument("--compile_cache_dir", default=None,
+                        help="MindSpore compile cache, as main_finetune_mindspore.py (on by default; 'off')")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch_size, 3, args.input_size, args.input_size)).astype(np.float32)

@@ -25,8 +25,10 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(monkeypatch, tmp_path):
-    """Each test gets its own converted-weights cache and HuggingFace cache."""
+    """Each test gets its own converted-weights cache and HuggingFace cache, and no compile cache (many runs
+    share one pytest process; tests that want it pass --compile_cache_dir)."""
     monkeypatch.setenv("RETFOUND_MS_CACHE", str(tmp_path / "ms_cache"))
+    monkeypatch.setenv("RETFOUND_MS_COMPILE_CACHE", "off")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     try:
         import huggingface_hub.constants as hf_constants

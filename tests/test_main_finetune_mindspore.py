@@ -223,3 +223,28 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     assert changed == ["head.bias", "head.weight"]
     assert sorted(k for k in state if k.startswith("optimizer.exp_avg.")) == [
         "optimizer.exp_avg.head.bias", "optimizer.exp_avg.head.weight"]
+
+
+def test_a_second_run_reuses_the_compile_cache_and_gives_the_same_results(tmp_path):
+    """Two processes, same command: the second loads the graphs the first compiled (no new cache files, none
+    rewritten) and writes the same metrics; other graph-shaping flags get a directory of their own."""
+    data = make_dataset(tmp_path / "data")
+    cache = tmp_path / "compile"
+    env = dict(os.environ, RETFOUND_MS_COMPILE_CACHE="off")  # the flag below must win over the environment
+
+    def train(out, extra=()):
+        argv = small_argv(data, str(tmp_path / out), epochs=2, extra=["--compile_cache_dir", str(cache), *extra])
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune_mindspore.py"), *argv],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return re.search(r"compile cache: (\S+)", done.stdout).group(1)
+
+    where = train("first")
+    files = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert any(str(p).endswith(".mindir") for p in files), f"no compiled graph was cached: {sorted(files)}"
+    assert train("second") == where
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == files
+    for name in ("metrics_val.csv", "metrics_test.csv", "predictions_test.csv"):
+        first = (tmp_path / "first" / "t" / name).read_text()
+        assert (tmp_path / "second" / "t" / name).read_text() == first, name
+    assert train("other", extra=["--drop_path", "0.1"]) != where

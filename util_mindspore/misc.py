@@ -4,6 +4,7 @@ A training checkpoint (.ckpt; read back by weight_converter.read_ckpt) holds the
 --finetune source), `optimizer.*` moments and step, `loss_scale.*`, and epoch / best score / class names /
 args. It is written to a temp file and renamed, by rank 0 only.
 """
+import hashlib
 import json
 import os
 import random
@@ -14,6 +15,44 @@ import mindspore as ms
 from util_mindspore.weight_converter import save_arrays_ckpt
 
 CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
+
+
+# --- compile cache ----------------------------------------------------------------------------------------
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_compile_cache_claimed = False
+
+
+def _project_sources():
+    scripts = [os.path.join(_ROOT, f) for f in sorted(os.listdir(_ROOT)) if f.endswith(".py")]
+    utils = os.path.join(_ROOT, "util_mindspore")
+    return scripts + [os.path.join(utils, f) for f in sorted(os.listdir(utils)) if f.endswith(".py")]
+
+
+def enable_compile_cache(cache_root, key):
+    """Turn on MindSpore's compile cache in a directory of its own for this code and these settings.
+
+    MindSpore re-checks only the scripts outside sys.path, and an installed project is inside it: left alone
+    it would load a graph compiled from an older models_vit_mindspore.py. So the directory name hashes the
+    MindSpore version, every source file of ours and `key` (the settings that shape the graphs); any change
+    compiles afresh into a new directory. MindSpore numbers cached graphs in compile order within a process,
+    so only the first run of a process uses the cache (a second in-process run would misnumber them).
+    Returns the directory, or None when the cache stays off.
+    """
+    global _compile_cache_claimed
+    if _compile_cache_claimed or not cache_root:
+        ms.set_context(enable_compile_cache=False)
+        return None
+    _compile_cache_claimed = True
+    digest = hashlib.sha256(ms.__version__.encode())
+    for path in _project_sources():
+        with open(path, "rb") as fh:
+            digest.update(os.path.relpath(path, _ROOT).encode() + b"\0" + fh.read())
+    digest.update(json.dumps(key, sort_keys=True, default=str).encode())
+    path = os.path.join(cache_root, digest.hexdigest()[:20])
+    os.makedirs(path, exist_ok=True)
+    ms.set_context(enable_compile_cache=True, compile_cache_path=path)
+    return path
 
 
 # --- distributed ------------------------------------------------------------------------------------------
