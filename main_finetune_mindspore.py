@@ -133,6 +133,8 @@ def configure_context(args):
         args.amp_level = "O0" if device == "CPU" else "O2"
 
 
+_ENTRY_SCRIPT = False  # set when run as `python main_finetune_mindspore.py`
+
 # Flags that only name files: two runs that differ in these alone compile the same graphs.
 _NOT_IN_GRAPH = {"output_dir", "log_dir", "task", "finetune", "resume", "weights_cache_dir", "compile_cache_dir",
                  "data_path", "device_id", "dist_url", "start_epoch"}
@@ -207,15 +209,15 @@ def main(args):
     datasets = build_datasets(args, splits)
     class_names = datasets[splits[0]].classes
     out_dir = os.path.join(args.output_dir, args.task)
-    cache_root = compile_cache_root(args)
-    # not under msrun: ranks would share one directory, and that is untested here (left as a note on issue #5)
-    if args.mode == "graph" and cache_root and not args.distributed:
-        # the key: every flag that can shape a graph, and the split sizes (they set the last batch's shape)
-        key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
-        key["split_sizes"] = {name: len(ds) for name, ds in datasets.items()}
-        where = misc.enable_compile_cache(cache_root, key)
-        if main_process and where:
-            print(f"compile cache: {where}")
+    # The compile cache: by default only when this file is the entry script (a fresh process: MindSpore numbers
+    # cached graphs in compile order), never under msrun (ranks would share one directory: untested here).
+    use_cache = args.mode == "graph" and not args.distributed and (_ENTRY_SCRIPT or args.compile_cache_dir)
+    # the key: every flag that can shape a graph, and the split sizes (they set the last batch's shape)
+    key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
+    key["split_sizes"] = {name: len(ds) for name, ds in datasets.items()}
+    where = misc.enable_compile_cache(compile_cache_root(args) if use_cache else None, key)
+    if main_process and where:
+        print(f"compile cache: {where}")
     if main_process:
         os.makedirs(out_dir, exist_ok=True)
 
@@ -319,4 +321,5 @@ def run(argv=None):
 
 
 if __name__ == "__main__":
+    _ENTRY_SCRIPT = True
     sys.exit(run())

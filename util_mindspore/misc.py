@@ -37,7 +37,7 @@ def enable_compile_cache(cache_root, key):
     MindSpore version, every source file of ours and `key` (the settings that shape the graphs); any change
     compiles afresh into a new directory. MindSpore numbers cached graphs in compile order within a process,
     so only the first run of a process uses the cache (a second in-process run would misnumber them).
-    Returns the directory, or None when the cache stays off.
+    cache_root None turns the cache off. Returns the directory, or None when the cache is off.
     """
     global _compile_cache_claimed
     if _compile_cache_claimed or not cache_root:
