@@ -84,6 +84,12 @@ class TrainStep(nn.Cell):
         coef = ops.minimum(self.clip_grad / (total + 1e-6), 1.0)
         return self.hyper_map(ops.partial(ops.mul, coef), grads)
 
+    def _apply(self, grads, lr):
+        """Clip (when asked) and take the AdamW step."""
+        if self.clip_grad is not None:
+            grads = self._clip(grads)
+        return self.optimizer(grads, lr)
+
     def construct(self, images, targets, lr, update=True):
         scale = self.loss_scale * 1.0
         loss, grads = self.grad_fn(images, targets)
@@ -100,9 +106,7 @@ class TrainStep(nn.Cell):
             grads = self.hyper_map(_add, self.accum, grads)
             loss = ops.depend(loss, self.hyper_map(_zero, self.accum, grads))
         if not self.loss_scaling:
-            if self.clip_grad is not None:
-                grads = self._clip(grads)
-            return ops.depend(loss, self.optimizer(grads, lr)), Tensor(True), scale
+            return ops.depend(loss, self._apply(grads, lr)), Tensor(True), scale
         grads = self.hyper_map(ops.partial(ops.mul, 1.0 / scale), grads)
         finite = ms.amp.all_finite(grads)
         good = ops.select(finite, self.good_steps + 1, ops.zeros_like(self.good_steps))
@@ -111,9 +115,7 @@ class TrainStep(nn.Cell):
         loss = ops.depend(loss, ops.assign(self.good_steps, ops.select(grow, ops.zeros_like(good), good)))
         loss = ops.depend(loss, ops.assign(self.loss_scale, new_scale))
         if finite:
-            if self.clip_grad is not None:
-                grads = self._clip(grads)
-            loss = ops.depend(loss, self.optimizer(grads, lr))
+            loss = ops.depend(loss, self._apply(grads, lr))
         return loss, finite, scale
 
 

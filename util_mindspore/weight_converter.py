@@ -274,9 +274,12 @@ def _ckpt_entry(value):
     """(dims, type name, bytes view) as ms.save_checkpoint stores an array, a str, an int or a float."""
     if isinstance(value, str):  # MindSpore keeps strings as numpy unicode (UTF-32) with dims [0]
         return [0], "str", memoryview(np.array(value).tobytes())
-    if isinstance(value, (bool, int, float)) and not isinstance(value, np.ndarray):
-        value = np.array(value, dtype=np.int64 if isinstance(value, int) and not isinstance(value, bool) else
-                         np.bool_ if isinstance(value, bool) else np.float32)
+    if isinstance(value, bool):  # as ms.Tensor(value) types Python scalars
+        value = np.array(value, np.bool_)
+    elif isinstance(value, int):
+        value = np.array(value, np.int64)
+    elif isinstance(value, float):
+        value = np.array(value, np.float32)
     array = np.asarray(value)  # not ascontiguousarray: it turns a scalar into shape (1,)
     if not array.flags.c_contiguous:
         array = array.copy(order="C")
