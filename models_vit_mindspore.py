@@ -56,19 +56,28 @@ class GELU(nn.Cell):
 
 
 class DropPath(nn.Cell):
-    """Stochastic depth per sample (timm's drop_path, scale_by_keep=True)."""
+    """Stochastic depth per sample, timm's drop_path (scale_by_keep=True): x * (bernoulli(keep) / keep).
+
+    The (B, 1, 1) factor is applied by a batched matmul with an inner dimension of 1 (one exact product per
+    element), not by `x / keep * mask`: MindSpore 2.10's CPU kernels for broadcast elementwise ops, a whole
+    tensor divided by a scalar among them, keep index tables of 16 bytes per element for every call site,
+    forward and backward. That came to 1.1 GB over the 48 drop paths of a ViT-L train step at batch 2.
+    """
 
     def __init__(self, drop_prob=0.0):
         super().__init__()
         self.drop_prob = float(drop_prob)
         self.keep_prob = 1.0 - self.drop_prob
+        self.matmul = ops.BatchMatMul()
 
     def construct(self, x):
         if self.drop_prob == 0.0 or not self.training:
             return x
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = ops.floor(self.keep_prob + ops.rand(shape, dtype=x.dtype))
-        return x / self.keep_prob * mask
+        b = x.shape[0]
+        mask = ops.floor(self.keep_prob + ops.rand((b, 1, 1), dtype=x.dtype))
+        if self.keep_prob > 0.0:
+            mask = mask / self.keep_prob
+        return self.matmul(ops.stop_gradient(mask), x.reshape(b, 1, -1)).reshape(x.shape)
 
 
 class PatchProjection(nn.Cell):
@@ -118,7 +127,37 @@ def _dense(in_features, out_features, bias=True):
                     weight_init=trunc_normal((out_features, in_features)), bias_init="zeros")
 
 
+class Softmax(nn.Cell):
+    """Softmax over the last axis, with its backward p * g - p * sum(p * g) written as two batched matmuls.
+
+    MindSpore 2.10's own softmax backward (a ReduceSum and a broadcast Sub) keeps per-call-site index tables on
+    CPU: 15-20 MB per ViT-L block in a batch-2 train step. The matmuls keep none; the row sums are added in
+    another order than torch's, so gradients agree to float32 rounding.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ops.BatchMatMul()
+
+    def construct(self, x):
+        return ops.softmax(x, axis=-1)
+
+    def bprop(self, x, out, dout):
+        n = out.shape[-1]
+        row_dot = self.matmul(out.reshape(-1, 1, n), dout.reshape(-1, n, 1))  # (rows, 1, 1): sum_j p_j g_j
+        return (out * dout - self.matmul(out.reshape(-1, n, 1), row_dot).reshape(out.shape),)
+
+
 class Attention(nn.Cell):
+    """timm's Attention. Heads are split off and merged back with split/stack and unstack/concat.
+
+    timm reshapes qkv to (B, N, 3, H, d) and permutes it. MindSpore 2.10's CPU Transpose kernel keeps an index
+    table of 8 bytes per element for each call site, whatever the rank: 25 MB per ViT-L block in batch-4
+    inference, 21 MB per block in a batch-2 train step. Splitting along the channels and stacking the heads
+    gives the same (B, H, N, d) tensors with copies only, and is faster (1.0 against 1.7 ms for a
+    (4, 197, 1024) tensor there and back).
+    """
+
     def __init__(self, dim, num_heads=8, qkv_bias=False):
         super().__init__()
         self.num_heads = num_heads
@@ -128,20 +167,20 @@ class Attention(nn.Cell):
         self.proj = _dense(dim, dim)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_av = ops.BatchMatMul()
+        self.softmax = Softmax()
 
-    def _heads(self, x):
-        b, n, _ = x.shape
-        return x.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+    def _split_heads(self, x):
+        """(B, N, H * d) -> (B, H, N, d)."""
+        return ops.stack(ops.split(x, self.head_dim, axis=-1), axis=1)
+
+    def _merge_heads(self, x):
+        """(B, H, N, d) -> (B, N, H * d)."""
+        return ops.concat(ops.unstack(x, axis=1), axis=-1)
 
     def construct(self, x):
-        # timm reshapes qkv to 5-D and transposes once; on MindSpore's CPU backend that 5-D transpose is slow and
-        # holds memory per call site, so q, k, v are split first and transposed as 4-D each (16 ViT-L attention
-        # layers at batch 4: 870 -> 390 ms, 735 -> 560 MB of RSS growth).
-        b, n, c = x.shape
-        q, k, v = ops.split(self.qkv(x), c, axis=-1)
-        attn = ops.softmax(self.matmul_qk(self._heads(q * self.scale), self._heads(k)), axis=-1)
-        x = self.matmul_av(attn, self._heads(v)).transpose(0, 2, 1, 3).reshape(b, n, c)
-        return self.proj(x)
+        q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
+        attn = self.softmax(self.matmul_qk(self._split_heads(q * self.scale), self._split_heads(k)))
+        return self.proj(self._merge_heads(self.matmul_av(attn, self._split_heads(v))))
 
 
 class Mlp(nn.Cell):
@@ -156,12 +195,21 @@ class Mlp(nn.Cell):
 
 
 class LayerScale(nn.Cell):
+    """x * gamma over the channels (DINOv2). gamma is first spread to x's shape by a matmul with a ones column.
+
+    A broadcast multiply would keep index tables on CPU for its forward and gradients (see DropPath): 27 MB per
+    ViT-L block in a batch-2 train step. The spread values are gamma's exactly, so outputs equal torch's.
+    """
+
     def __init__(self, dim, init_values=1e-5):
         super().__init__()
         self.gamma = Parameter(initializer(float(init_values), (dim,), ms.float32), name="gamma")
+        self.matmul = ops.MatMul()
 
     def construct(self, x):
-        return x * self.gamma.astype(x.dtype)
+        dim = x.shape[-1]
+        gamma = self.matmul(ops.ones((x.size // dim, 1), x.dtype), self.gamma.astype(x.dtype).reshape(1, dim))
+        return x * gamma.reshape(x.shape)
 
 
 class Block(nn.Cell):

@@ -124,7 +124,7 @@ def test_adamw_matches_torch_adamw_after_ten_steps():
         rel = np.abs(p.asnumpy() - expected).max() / np.abs(expected).max()
         worst = max(worst, rel)
         assert rel <= 1e-5, f"{p.name}: relative difference {rel:.2e}"
-        # the fused kernel holds beta2 in float32 (1 - 0.999f = 0.00099998713): moments differ by 1.3e-5 relative
+        # the Adam kernel holds beta2 in float32 (1 - 0.999f = 0.00099998713): moments differ by 1.3e-5 relative
         np.testing.assert_allclose(adamw.exp_avg_sq[i].asnumpy(),
                                    opt.state[by_name[p.name]]["exp_avg_sq"].numpy(), rtol=2e-5, atol=1e-12)
     record("AdamW after 10 steps vs torch.optim.AdamW, worst relative", worst)
