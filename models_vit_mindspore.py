@@ -11,24 +11,14 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, Zero, initializer
 
+from util_mindspore.initializers import TruncNormal
+
 __all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models", "model_config"]
 
 
 def trunc_normal(shape, std=0.02, a=-2.0, b=2.0):
-    """Weights drawn as timm's trunc_normal_(std, a, b) (absolute bounds), from numpy's global seed.
-
-    MindSpore's TruncatedNormal initializer takes 15.6 s for ViT-L's 300M weights on this CPU; numpy's
-    Generator takes about 1 s. The draw follows np.random.seed (util_mindspore.misc.seed_everything), so every
-    rank of a data-parallel run builds the same weights.
-    """
-    rng = np.random.default_rng(np.random.randint(0, 2 ** 31, size=4))
-    values = rng.standard_normal(shape, dtype=np.float32)
-    values *= np.float32(std)
-    outside = (values < a) | (values > b)
-    while outside.any():  # redraw the (at std 0.02, never seen) values beyond the bounds
-        values[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32) * np.float32(std)
-        outside = (values < a) | (values > b)
-    return ms.Tensor(values)
+    """timm's trunc_normal_ for a float32 Parameter, drawn into the Parameter's own array when it is made."""
+    return initializer(TruncNormal(std, a, b), shape, ms.float32)
 
 
 class LayerNorm(nn.Cell):

@@ -128,6 +128,25 @@ def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
 
 
+def test_corrupt_tensor_bytes_are_refused_and_nothing_cached(tmp_path):
+    """Storages are read into recycled buffers past zipfile: their CRC-32 is still checked."""
+    import zipfile
+    path = str(tmp_path / "mae.pth")
+    layouts.mae_pretrained(path)
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(fh.read(4), "<u2")
+        fh.seek(info.header_offset + 30 + int(name_len) + int(extra_len) + info.file_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    with pytest.raises(wc.WeightError, match=r"mae\.pth: unreadable .*CRC"):
+        wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
+
+
 def test_layout_rules():
     sd = {"backbone.blocks.1.3.mlp.w12.weight": np.zeros(2), "backbone.blocks.1.3.mlp.w3.bias": np.zeros(2),
           "backbone.cls_token": np.zeros(2), "backbone.mask_token": np.zeros(2), "dino_head.mlp.0.weight": np.zeros(2)}

@@ -7,8 +7,11 @@ parts we drop (MAE decoder, DINO heads, optimizer state) never cost memory.
 """
 import argparse
 import collections
+import os
 import pickle
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -32,12 +35,35 @@ class _Storage:
     def __init__(self, archive, name, dtype):
         self.archive, self.name, self.dtype = archive, name, dtype
 
-    def read(self):
-        raw = self.archive.read(self.name)
+    def read(self, buffer=None):
+        """The storage as a flat array. With `buffer` (a writable uint8 array) the bytes of an uncompressed member
+        (torch never compresses storages) are read into it, and the result is a view of it: a converter that
+        recycles a few buffers touches no new memory per tensor (new memory is slow to fault in on some VMs)."""
+        info = self.archive.getinfo(self.name)
+        if buffer is None or info.compress_type != zipfile.ZIP_STORED or info.file_size > buffer.size or \
+                self.archive.fp is None:
+            raw = self.archive.read(self.name)
+        else:
+            raw, fd = buffer[:info.file_size], self.archive.fp.fileno()
+            local = os.pread(fd, 30, info.header_offset)  # local header: name and extra lengths at bytes 26-29
+            if local[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"bad local header for {self.name}")
+            start, done, view = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30])), 0, memoryview(raw)
+            while done < info.file_size:  # pread, not the archive's shared file position
+                got = os.preadv(fd, [view[done:]], start + done)
+                if not got:
+                    break
+                done += got
+            if done != info.file_size or zlib.crc32(raw) != info.CRC:
+                raise zipfile.BadZipFile(f"Bad CRC-32 or truncated data for {self.name}")
         if self.dtype == "bfloat16":
             bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
             return bits.view(np.float32)
         return np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
+
+    @property
+    def nbytes(self):
+        return self.archive.getinfo(self.name).file_size
 
 
 class LazyTensor:
@@ -51,8 +77,9 @@ class LazyTensor:
     def ndim(self):
         return len(self.shape)
 
-    def to_numpy(self):
-        flat = self.storage.read()
+    def to_numpy(self, buffer=None):
+        """The tensor as a C-contiguous native-order array; with `buffer`, possibly a view of it (see _Storage)."""
+        flat = self.storage.read(buffer)
         if not self.shape:
             return np.array(flat[self.offset])
         item = flat.itemsize
