@@ -128,6 +128,17 @@ def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
 
 
+@pytest.mark.parametrize("layout", ["mae_pretrained", "dinov2_pretrained"])
+def test_local_source_hash_is_the_files_sha256(tmp_path, layout):
+    """The recorded hash of a local source is its file's sha256: the cache compares it when the mtime changes."""
+    import hashlib
+    path = str(tmp_path / "source.pth")
+    getattr(layouts, layout)(path)
+    ckpt = wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
+    meta = json.load(open(ckpt[:-len(".ckpt")] + ".json"))
+    assert meta["source_sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
 def test_corrupt_tensor_bytes_are_refused_and_nothing_cached(tmp_path):
     """Storages are read into recycled buffers past zipfile: their CRC-32 is still checked."""
     import zipfile
