@@ -1,9 +1,10 @@
 """Initializers that fill a parameter's own array on several threads: the weights and optimizer moments of ViT-L.
 
 MindSpore creates a Parameter from an Initializer by allocating a numpy array and passing it to the initializer,
-then sharing it (no copy). A fresh 1.2 GB array costs its first writes page by page; on this CPU a single thread
-writes 2.4 GB of new zeros in 1-5 s, two threads in 0.4 s. Large arrays are therefore filled in a fixed number
-of chunks (fixed so that results do not depend on the core count) on a small thread pool.
+then sharing it (no copy). A fresh array costs its first writes page by page; on this VM one thread wrote 2.4 GB
+of new zeros in 1-5 s, two threads in 0.3-0.4 s (alone; 4.5 s right after MindSpore's start-up). Large arrays are
+therefore filled in a fixed number of chunks (fixed so that results do not depend on the core count) on a small
+thread pool.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,7 @@ class WrittenZeros(Initializer):
 
     The CPU Adam kernel reads each moment before writing it. On untouched pages the read maps the kernel's shared
     zero page, and the write then copies it and flushes the TLB on every core, page by page: that was 10 of the
-    18 s of the first ViT-L train step (perf: do_wp_page under AdamFp32). Written here, they cost 0.4 s.
+    18 s of the first ViT-L train step (perf: do_wp_page under AdamFp32). Written here: 0.4-4.5 s for 2.4 GB.
     """
 
     def _initialize(self, arr):
