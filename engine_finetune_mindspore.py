@@ -11,6 +11,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from util_mindspore import metrics as metrics_lib
 from util_mindspore import misc
+from util_mindspore.initializers import written_zeros_like
 from util_mindspore.lr_sched import learning_rate
 from util_mindspore.mixup import one_hot
 
@@ -57,7 +58,7 @@ class TrainStep(nn.Cell):
         self.loss_scale = Parameter(Tensor(init_loss_scale, ms.float32), name="loss_scale.scale", requires_grad=False)
         self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale.good_steps", requires_grad=False)
         self.growth_interval = int(growth_interval)
-        self.accum = self.weights.clone(prefix="accum", init="zeros") if self.accum_iter > 1 else None
+        self.accum = written_zeros_like(self.weights, "accum") if self.accum_iter > 1 else None
         self.hyper_map = ops.HyperMap()
         self.grad_fn = ms.value_and_grad(self.scaled_loss, None, self.weights)
 

@@ -10,7 +10,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from mindspore.common.initializer import Initializer
+from mindspore import Parameter, ParameterTuple
+from mindspore.common.initializer import Initializer, initializer
 
 CHUNKS = 4
 _MIN_CHUNKED = 1 << 20  # elements; smaller arrays are filled in one piece on the calling thread
@@ -60,7 +61,8 @@ class TruncNormal(Initializer):
 class WrittenZeros(Initializer):
     """Zeros written into the array, where MindSpore's 'zeros' keeps np.zeros' untouched pages.
 
-    The CPU Adam kernel reads each moment before writing it. On untouched pages the read maps the kernel's shared
+    For buffers that kernels read before they write them (Adam moments, gradient accumulators). The CPU Adam
+    kernel reads each moment before writing it. On untouched pages the read maps the kernel's shared
     zero page, and the write then copies it and flushes the TLB on every core, page by page: that was 10 of the
     18 s of the first ViT-L train step (perf: do_wp_page under AdamFp32). Written here: 0.4-4.5 s for 2.4 GB.
     """
@@ -71,3 +73,9 @@ class WrittenZeros(Initializer):
 
 def _write_zeros(out, _):
     out[...] = 0
+
+
+def written_zeros_like(params, prefix):
+    """One zero Parameter per parameter, named prefix.<name>, its zeros written (see WrittenZeros)."""
+    return ParameterTuple(Parameter(initializer(WrittenZeros(), p.shape, p.dtype), name=f"{prefix}.{p.name}")
+                          for p in params)

@@ -15,15 +15,8 @@ needs > 20 GB for ViT-L on CPU.) lr comes in as a tensor each step, so the sched
 """
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import initializer
 
-from util_mindspore.initializers import WrittenZeros
-
-
-def zero_moments(params, prefix):
-    """One zero moment per parameter, named prefix.<name>; written zeros, see WrittenZeros."""
-    return ms.ParameterTuple(Parameter(initializer(WrittenZeros(), p.shape, p.dtype), name=f"{prefix}.{p.name}")
-                             for p in params)
+from util_mindspore.initializers import written_zeros_like
 
 
 class AdamW(nn.Cell):
@@ -32,8 +25,8 @@ class AdamW(nn.Cell):
         self.params = ms.ParameterTuple(params)
         if not (len(self.params) == len(lr_scales) == len(weight_decays)):
             raise ValueError("AdamW needs one lr scale and one weight decay per parameter")
-        self.exp_avg = zero_moments(self.params, "optimizer.exp_avg")
-        self.exp_avg_sq = zero_moments(self.params, "optimizer.exp_avg_sq")
+        self.exp_avg = written_zeros_like(self.params, "optimizer.exp_avg")
+        self.exp_avg_sq = written_zeros_like(self.params, "optimizer.exp_avg_sq")
         self.step = Parameter(Tensor(0.0, ms.float32), name="optimizer.step", requires_grad=False)
         self.lr_scales = tuple(Tensor(float(s), ms.float32) for s in lr_scales)
         self.weight_decays = tuple(Tensor(float(w), ms.float32) for w in weight_decays)
