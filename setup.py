@@ -12,6 +12,7 @@ RUNTIME = [
     "tqdm>=4.60",
     "safetensors>=0.4",
     "filelock>=3.10",
+    "zlib-ng>=0.4",  # fast CRC-32 checks of .pth storages (weight_converter)
 ]
 # torch is never needed at run time: the converter has a torch-free .pth reader.
 TORCH = ["torch==2.14.1"]

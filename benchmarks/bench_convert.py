@@ -3,9 +3,10 @@
     python benchmarks/bench_convert.py [--workdir /tmp/bench_convert] [--reader auto|torch-free]
 
 Writes the checkpoint once (needs torch: pip install -e ".[dev]"), then measures, each in a fresh process and
-alternating: copying the file (shutil.copyfile), and download_and_convert_weights on it. Prints one JSON line
-with the medians. Every process is started from this small one: Linux carries ru_maxrss across exec, so a
-parent holding the 1.2 GB tensors would inflate the children's peak RSS.
+alternating: copying the file (shutil.copyfile over the previous copy), and download_and_convert_weights on it
+(force=True: over the previous conversion). Prints one JSON line with the medians. Every process is started
+from this small one: Linux carries ru_maxrss across exec, so a parent holding the 1.2 GB tensors would inflate
+the children's peak RSS. Each starts after os.sync(), so none pays for writing back the previous one's output.
 """
 import argparse
 import json
@@ -51,6 +52,7 @@ def write_checkpoint(path):
 
 def measure(what, src, dst, block_torch):
     code = CHILD.format(root=ROOT, block_torch=block_torch)
+    os.sync()
     done = subprocess.run([sys.executable, "-c", code, what, src, dst], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -116,6 +116,8 @@ def test_legacy_format_is_read_through_torch(tmp_path):
     arrays, _, _ = wc.read_ckpt(wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache")))
     np.testing.assert_array_equal(arrays["blocks.3.mlp.fc1.weight"], sd["blocks.3.mlp.fc1.weight"].numpy())
     assert not any(k.startswith("decoder") for k in arrays)
+    meta = json.load(open(str(tmp_path / "cache" / "legacy.json")))
+    assert meta["source_fingerprint"] == "sha256:" + __import__("hashlib").sha256(open(path, "rb").read()).hexdigest()
 
 
 def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):
@@ -128,15 +130,50 @@ def test_truncated_checkpoint_is_refused_and_nothing_cached(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
 
 
-@pytest.mark.parametrize("layout", ["mae_pretrained", "dinov2_pretrained"])
-def test_local_source_hash_is_the_files_sha256(tmp_path, layout):
-    """The recorded hash of a local source is its file's sha256: the cache compares it when the mtime changes."""
-    import hashlib
-    path = str(tmp_path / "source.pth")
-    getattr(layouts, layout)(path)
+@pytest.mark.parametrize("change", [False, True])
+def test_a_local_source_whose_mtime_changed_is_compared_by_its_tensors(tmp_path, change):
+    """Saved again (new mtime): the same tensors are a cache hit, one changed value converts again."""
+    path = str(tmp_path / "local.pth")
+    layouts.mae_pretrained(path)
+    obj = torch.load(path, weights_only=False)
+    torch.save(obj, path)  # saved by the same torch as below: one object saved twice gives the same pickle
+    ckpt = wc.download_and_convert_weights(path)
+    stamp, size = os.stat(ckpt).st_mtime_ns, os.path.getsize(path)
+    if change:
+        obj["model"]["blocks.1.norm1.bias"][3] += 1
+    time.sleep(0.01)
+    torch.save(obj, path)
+    assert os.path.getsize(path) == size
+    arrays = wc.read_ckpt(wc.download_and_convert_weights(path))[0]
+    assert (os.stat(ckpt).st_mtime_ns != stamp) == change
+    np.testing.assert_array_equal(arrays["blocks.1.norm1.bias"], obj["model"]["blocks.1.norm1.bias"].numpy())
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_converted_ckpt_is_the_one_ms_save_checkpoint_writes(tmp_path, monkeypatch, kernel_copy):
+    """float32 tensors stored as they lie are copied file to file (copy_file_range, or pread / write where the
+    filesystem refuses it); views, offsets into a shared storage, float16 and bfloat16 are read and cast."""
+    import errno
+    import mindspore as ms
+    if not kernel_copy:
+        def refuse(*args):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    shared = torch.randn(40)
+    sd = {"cls_token": torch.randn(1, 1, 8), "pos_embed": torch.randn(1, 5, 8).half(),
+          "patch_embed.proj.weight": torch.randn(8, 3, 2, 2), "patch_embed.proj.bias": shared[8:16],
+          "blocks.0.attn.qkv.weight": torch.randn(8, 24).t(), "blocks.0.attn.qkv.bias": shared[16:40],
+          "norm.weight": torch.randn(8).bfloat16(), "norm.bias": torch.randn(8), "decoder_embed.bias": shared[:8]}
+    path = str(tmp_path / "mixed.pth")
+    torch.save({"model": sd}, path)
+    copied, copy_extent = [], wc._copy_extent
+    monkeypatch.setattr(wc, "_copy_extent", lambda *a: copied.append(a[2]) or copy_extent(*a))
     ckpt = wc.download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
-    meta = json.load(open(ckpt[:-len(".ckpt")] + ".json"))
-    assert meta["source_sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert sorted(copied) == [4 * 8, 4 * 8, 4 * 8, 4 * 24, 4 * 12 * 8]  # the five contiguous float32 tensors
+    expected = str(tmp_path / "expected.ckpt")
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.float().contiguous().numpy())} for k, v in sd.items()
+                        if not k.startswith("decoder")], expected)
+    assert open(ckpt, "rb").read() == open(expected, "rb").read()
 
 
 def test_corrupt_tensor_bytes_are_refused_and_nothing_cached(tmp_path):
