@@ -221,10 +221,10 @@ def main(args):
     if main_process:
         os.makedirs(out_dir, exist_ok=True)
 
-    model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.nb_classes,
-                                              drop_path_rate=args.drop_path, global_pool=args.global_pool)
-    if args.finetune and not args.eval:
-        wc.load_pretrained_weights(model, args.finetune, cache_dir=args.weights_cache_dir)
+    model = models_vit_mindspore.create_model(args.model, pretrained=None if args.eval else args.finetune,
+                                              weights_cache_dir=args.weights_cache_dir, img_size=args.input_size,
+                                              num_classes=args.nb_classes, drop_path_rate=args.drop_path,
+                                              global_pool=args.global_pool)
     misc.seed_everything(args.seed + args.rank)  # then per-rank randomness, as upstream seeds
     if args.adaptation == "lp":
         for name, param in model.parameters_and_names():

@@ -255,6 +255,28 @@ def test_dinov2_teacher_518_to_224_matches_upstream(hub, tmp_path, chunked):
                         f"converted DINOv2 teacher 518->224 (depth 4){' chunked' if chunked else ''}")
 
 
+def test_create_model_pretrained_draws_only_what_the_checkpoint_lacks(tmp_path, monkeypatch):
+    """create_model(pretrained=...) gives the model that building and then loading gives, seed for seed,
+    without filling the loaded parameters with random values first."""
+    from util_mindspore import initializers
+    path = str(tmp_path / "mae.pth")
+    layouts.mae_pretrained(path)
+    kwargs = dict(img_size=32, num_classes=3, global_pool=True)
+    np.random.seed(5)
+    eager = M.create_model("vit_tiny_patch16", **kwargs)
+    wc.load_pretrained_weights(eager, path, cache_dir=str(tmp_path / "cache"))
+    filled, initialize = [], initializers.TruncNormal._initialize
+    monkeypatch.setattr(initializers.TruncNormal, "_initialize", lambda self, arr: filled.append(arr.shape)
+                        or initialize(self, arr))
+    np.random.seed(5)
+    lazy = M.create_model("vit_tiny_patch16", pretrained=path, weights_cache_dir=str(tmp_path / "cache"), **kwargs)
+    assert filled == [(3, 192)]  # the new head only
+    expected = dict(eager.parameters_and_names())
+    for name, param in lazy.parameters_and_names():
+        assert not param.has_init, name
+        np.testing.assert_array_equal(param.asnumpy(), expected[name].asnumpy(), err_msg=name)
+
+
 def test_upstream_finetuned_checkpoint_keeps_its_head_and_matches(tmp_path):
     set_mode("pynative")
     path = str(tmp_path / "checkpoint-best.pth")

@@ -3,9 +3,6 @@ import csv
 import os
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, cohen_kappa_score, confusion_matrix,
-                             f1_score, hamming_loss, jaccard_score, precision_score, recall_score, roc_auc_score,
-                             roc_curve)
 
 METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", "recall",
                   "average_precision", "kappa"]
@@ -13,6 +10,9 @@ METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard",
 
 def compute_metrics(labels, probs, loss):
     """Upstream's metrics from true labels and softmax probabilities; score = (F1 + ROC-AUC + kappa) / 3."""
+    # imported here: scikit-learn costs 0.7 s of every start-up, and training needs it only after an epoch
+    from sklearn.metrics import (accuracy_score, average_precision_score, cohen_kappa_score, f1_score,
+                                 hamming_loss, jaccard_score, precision_score, recall_score, roc_auc_score)
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     num_classes = probs.shape[1]
@@ -88,6 +88,7 @@ def _pyplot():
 
 def save_confusion_matrix(path, labels, probs, class_names):
     """Row-normalised confusion matrix, as upstream's confusion_matrix_test.jpg."""
+    from sklearn.metrics import confusion_matrix
     plt = _pyplot()
     cm = confusion_matrix(labels, np.asarray(probs).argmax(axis=1), labels=list(range(len(class_names))))
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -106,6 +107,7 @@ def save_confusion_matrix(path, labels, probs, class_names):
 
 
 def save_roc_curves(path, labels, probs, class_names):
+    from sklearn.metrics import roc_curve
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     for i, name in enumerate(class_names):
