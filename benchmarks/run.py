@@ -45,7 +45,7 @@ def machine():
 def bench(framework, mode, batch, args, compile_cache):
     command = [sys.executable, os.path.join(HERE, "bench_vit.py"), "--framework", framework, "--mode", mode,
                "--batch_size", str(batch), "--model", args.model, "--input_size", str(args.input_size),
-               "--steps", str(args.steps), "--compile_cache_dir", compile_cache]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--compile_cache_dir", compile_cache]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -58,6 +58,7 @@ def main():
     parser.add_argument("--input_size", default=224, type=int)
     parser.add_argument("--rounds", default=2, type=int)
     parser.add_argument("--steps", default=5, type=int)
+    parser.add_argument("--warmup", default=10, type=int, help="untimed steps after the first (see bench_vit.py)")
     args = parser.parse_args()
     results = {}
     compile_cache = tempfile.mkdtemp(prefix="retfound_bench_compile_")
@@ -68,7 +69,8 @@ def main():
                 results.setdefault((mode, batch, framework), []).append(out)
                 print(json.dumps(out), file=sys.stderr, flush=True)
     print(f"Machine: {machine()}\n")
-    print(f"Model: {args.model} at {args.input_size} px, float32, {args.rounds} rounds of {args.steps} timed steps\n")
+    print(f"Model: {args.model} at {args.input_size} px, float32, {args.rounds} rounds of {args.steps} timed steps "
+          f"after {1 + args.warmup} untimed ones\n")
     print("| work | PyTorch img/s | MindSpore img/s | speed ratio | PyTorch peak RSS | MindSpore peak RSS | RSS ratio "
           "| first step torch / ms cold / ms cached | ms to first step cold / cached |")
     print("|---|---|---|---|---|---|---|---|---|")
