@@ -117,8 +117,8 @@ def main():
     median = statistics.median(times)
     print(json.dumps({"framework": args.framework, "model": args.model, "mode": args.mode,
                       "batch_size": args.batch_size, "input_size": args.input_size, "amp_level": args.amp_level,
-                      "warmup": args.warmup, "img_per_s": round(args.batch_size / median, 3), "step_s": round(median, 3),
-                      "first_step_s": round(first_step_s, 1), "build_s": round(build_s, 1),
+                      "warmup": args.warmup, "img_per_s": round(args.batch_size / median, 3),
+                      "step_s": round(median, 3), "first_step_s": round(first_step_s, 1), "build_s": round(build_s, 1),
                       "peak_rss_mb": round(peak_rss_mb())}))
 
 

@@ -371,7 +371,8 @@ def save_arrays_ckpt(arrays, path, append_dict=None):
     tmp = f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
     pairs = arrays.items() if isinstance(arrays, dict) else arrays
     try:
-        with open(tmp, "wb", buffering=0) as fh, ThreadPoolExecutor(1) as writer:  # unbuffered: _copy_extent writes at the fd's position
+        # unbuffered: _copy_extent writes at the file descriptor's position, behind any Python buffer
+        with open(tmp, "wb", buffering=0) as fh, ThreadPoolExecutor(1) as writer:
             pending = []
             for name, value in pairs:
                 pending.append(writer.submit(_write_ckpt_entry, fh, name, value))
