@@ -16,22 +16,25 @@ def get_args_parser():
     parser.add_argument("--finetune", required=True,
                         help="published name (e.g. RETFound_mae_meh), org/repo[/file] on the hub, or a local file")
     parser.add_argument("--cache_dir", default=None,
-                        help="where converted .ckpt files live (default $RETFOUND_MS_CACHE or ~/.cache/retfound_mindspore)")
+                        help="where converted .ckpt files live "
+                             "(default $RETFOUND_MS_CACHE or ~/.cache/retfound_mindspore)")
     parser.add_argument("--model", default=None,
                         help="model to load into (default: RETFound_dinov2 for DINOv2 names, else RETFound_mae)")
     parser.add_argument("--nb_classes", default=5, type=int)
     parser.add_argument("--input_size", default=224, type=int)
     parser.add_argument("--global_pool", action="store_true", default=True)
     parser.add_argument("--cls_token", action="store_false", dest="global_pool")
-    parser.add_argument("--token", default=None, help="HuggingFace token (default: HF_TOKEN or `huggingface-cli login`)")
+    parser.add_argument("--token", default=None,
+                        help="HuggingFace token (default: HF_TOKEN or `huggingface-cli login`)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="convert again even when the cache is valid")
     return parser
 
 
 def main(args):
-    import numpy as np
     import mindspore as ms
+    import numpy as np
+
     import models_vit_mindspore
     from util_mindspore import weight_converter as wc
 
@@ -47,7 +50,8 @@ def main(args):
     print(f"converted checkpoint: {path}")
     print(f"model: {model_name} ({models_vit_mindspore.num_params(model) / 1e6:.2f} M parameters)")
     print(f"load report: {report}")
-    print(f"forward on a random batch: logits {tuple(logits.shape)}, finite: {bool(np.isfinite(logits.asnumpy()).all())}")
+    finite = bool(np.isfinite(logits.asnumpy()).all())
+    print(f"forward on a random batch: logits {tuple(logits.shape)}, finite: {finite}")
     return 0
 
 

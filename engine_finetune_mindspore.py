@@ -5,8 +5,8 @@ import os
 import sys
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from util_mindspore import metrics as metrics_lib

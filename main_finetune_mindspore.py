@@ -34,7 +34,8 @@ def get_args_parser():
                         help="use class token instead of global pool for classification")
 
     # Optimizer parameters
-    parser.add_argument("--clip_grad", type=float, default=None, metavar="NORM", help="clip gradient norm (default: none)")
+    parser.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+                        help="clip gradient norm (default: none)")
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=None, metavar="LR", help="learning rate (absolute lr)")
     parser.add_argument("--blr", type=float, default=5e-3, metavar="LR",
@@ -45,7 +46,8 @@ def get_args_parser():
 
     # Augmentation parameters
     parser.add_argument("--color_jitter", type=float, default=None, metavar="PCT",
-                        help="color jitter factor (enabled only when not using RandAugment; accepted, unused, as upstream)")
+                        help="color jitter factor (enabled only when not using RandAugment; accepted, unused, "
+                             "as upstream)")
     parser.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", metavar="NAME",
                         help="RandAugment policy; '' (or 'none') disables it")
     parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (applied inside mixup/cutmix)")
@@ -62,7 +64,8 @@ def get_args_parser():
                         help="probability of performing mixup or cutmix when either/both is enabled")
     parser.add_argument("--mixup_switch_prob", type=float, default=0.5,
                         help="probability of switching to cutmix when both mixup and cutmix enabled")
-    parser.add_argument("--mixup_mode", type=str, default="batch", help='how to apply mixup/cutmix: "batch", "pair", "elem"')
+    parser.add_argument("--mixup_mode", type=str, default="batch",
+                        help='how to apply mixup/cutmix: "batch", "pair", "elem"')
 
     # Fine-tuning parameters
     parser.add_argument("--finetune", default="", type=str,
@@ -75,9 +78,11 @@ def get_args_parser():
     parser.add_argument("--data_path", default="./data/", type=str, help="dataset path (train/ val/ test/ inside)")
     parser.add_argument("--nb_classes", default=8, type=int, help="number of the classification types")
     parser.add_argument("--output_dir", default="./output_dir", help="path where to save")
-    parser.add_argument("--log_dir", default="./output_logs", help="accepted for upstream compatibility (no tensorboard)")
-    parser.add_argument("--device", default=None, choices=["CPU", "GPU", "Ascend"],
-                        help="device target (default: the one this MindSpore build targets)")
+    parser.add_argument("--log_dir", default="./output_logs",
+                        help="accepted for upstream compatibility (no tensorboard)")
+    parser.add_argument("--device", default=None,
+                        help="CPU, GPU (also upstream's cuda, cuda:N) or Ascend (npu, npu:N); default: the device "
+                             "this MindSpore installation targets")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="", help="resume from checkpoint (our .ckpt or an upstream .pth)")
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
@@ -99,7 +104,14 @@ def get_args_parser():
     parser.add_argument("--weights_cache_dir", default=None,
                         help="cache of converted weights (default $RETFOUND_MS_CACHE or ~/.cache/retfound_mindspore)")
     parser.add_argument("--amp_level", default="auto", choices=["O0", "O1", "O2", "O3", "auto"],
-                        help="mixed precision; auto: O0 on CPU (float16 is slower there), O2 on GPU/Ascend")
+                        help="mixed precision (util_mindspore/compute_policy.py); O2 = torch.cuda.amp.autocast; "
+                             "auto: O0 on CPU (float16 is slower there), O2 on GPU/Ascend")
+    parser.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
+                        help="reduced precision type of O1-O3; bfloat16 (Ascend 910B, recent GPUs) trains without "
+                             "loss scaling")
+    parser.add_argument("--jit_level", default=None, choices=["O0", "O1", "O2"],
+                        help="MindSpore's JitConfig level (O2: whole-graph sink, Ascend only); default: MindSpore's "
+                             "own choice per device")
     parser.add_argument("--mode", default="graph", choices=["graph", "pynative"], help="MindSpore execution mode")
     parser.add_argument("--compile_cache_dir", default=None,
                         help="where compiled graphs are kept so the same command does not recompile (default "
@@ -119,18 +131,6 @@ def check_args(args):
         problems.append("--eval needs --resume <checkpoint> (the model to evaluate)")
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def configure_context(args):
-    import mindspore as ms
-    current = ms.get_context("device_target")
-    device = args.device or current
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
-    if device != current:  # set_device is refused once a kernel ran (e.g. a second run in one process)
-        ms.set_device(device)
-    args.device = device
-    if args.amp_level == "auto":
-        args.amp_level = "O0" if device == "CPU" else "O2"
 
 
 _ENTRY_SCRIPT = False  # set when run as `python main_finetune_mindspore.py`
@@ -183,26 +183,27 @@ def load_resume(args, model, train_step):
 
 
 def main(args):
-    import mindspore as ms
     from mindspore import nn
 
     import models_vit_mindspore
     from engine_finetune_mindspore import TrainStep, append_log, evaluate, train_one_epoch
-    from util_mindspore import misc
+    from util_mindspore import device, misc
+    from util_mindspore import weight_converter as wc
+    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
     from util_mindspore.datasets import Loader, build_datasets
     from util_mindspore.lr_decay import param_groups_lrd
     from util_mindspore.metrics import save_training_curves
     from util_mindspore.mixup import Mixup
     from util_mindspore.optim import AdamW
-    from util_mindspore import weight_converter as wc
 
     check_args(args)
-    configure_context(args)
+    device.keep_mindspore_files_in(os.path.join(args.output_dir, args.task, "mindspore"))
+    device.configure(args)
     misc.init_distributed_mode(args)
     main_process = misc.is_main_process(args)
     if main_process:
-        print("job dir: {}".format(os.path.dirname(os.path.realpath(__file__))))
-        print("{}".format(args).replace(", ", ",\n"))
+        print(f"job dir: {os.path.dirname(os.path.realpath(__file__))}")
+        print(f"{args}".replace(", ", ",\n"))
     misc.seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
 
     splits = ["test"] if args.eval else ["train", "val", "test"]
@@ -229,8 +230,7 @@ def main(args):
     if args.adaptation == "lp":
         for name, param in model.parameters_and_names():
             param.requires_grad = name.startswith("head.")
-    if args.amp_level != "O0":
-        model = ms.amp.auto_mixed_precision(model, args.amp_level)
+    apply_policy(model, policy_for(args.amp_level, args.amp_dtype, args.device))
     n_parameters = models_vit_mindspore.num_params(model)
     if main_process:
         print(f"Model = {args.model}\nnumber of params (M): {n_parameters / 1e6:.2f}")
@@ -239,10 +239,10 @@ def main(args):
     if args.lr is None:
         args.lr = args.blr * eff_batch_size / 256
     if main_process:
-        print("base lr: %.2e" % (args.lr * 256 / eff_batch_size))
-        print("actual lr: %.2e" % args.lr)
-        print("accumulate grad iterations: %d" % args.accum_iter)
-        print("effective batch size: %d" % eff_batch_size)
+        print(f"base lr: {args.lr * 256 / eff_batch_size:.2e}")
+        print(f"actual lr: {args.lr:.2e}")
+        print(f"accumulate grad iterations: {args.accum_iter}")
+        print(f"effective batch size: {eff_batch_size}")
 
     test_loader = Loader(datasets["test"], args.batch_size, train=False, num_workers=args.num_workers,
                          rank=args.rank if args.dist_eval else 0, world_size=args.world_size if args.dist_eval else 1)
@@ -255,9 +255,8 @@ def main(args):
     optimizer = AdamW(model.trainable_params(), lr_scales, weight_decays)
     grad_reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=args.world_size) \
         if args.distributed else None
-    # fp32 (O0) trains unscaled, as upstream's GradScaler disables itself without CUDA autocast
     train_step = TrainStep(model, optimizer, clip_grad=args.clip_grad, accum_iter=args.accum_iter,
-                           grad_reducer=grad_reducer, loss_scaling=args.amp_level != "O0")
+                           grad_reducer=grad_reducer, loss_scaling=needs_loss_scaling(args.amp_level, args.amp_dtype))
     best_score = -float("inf")
     if args.resume:
         info = load_resume(args, model, train_step)
@@ -291,7 +290,7 @@ def main(args):
                               "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
                               "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
             with open(log_path, encoding="utf-8") as fh:
-                save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(l) for l in fh])
+                save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
     misc.write_weights_digest(model, args)
     misc.barrier(args)  # rank 0 has written checkpoint-best before anyone reads it
 
@@ -300,7 +299,8 @@ def main(args):
         model_arrays, _, info = wc.read_ckpt(best_path)
         wc.load_arrays_into_model(model, model_arrays, source=best_path)
         if main_process:
-            print(f"Testing with the best checkpoint (epoch {info.get('epoch')}, val score {info.get('best_score'):.4f})")
+            print(f"Testing with the best checkpoint (epoch {info.get('epoch')}, "
+                  f"val score {info.get('best_score'):.4f})")
     evaluate(model, test_loader, args, "test", class_names)
     total_time = str(datetime.timedelta(seconds=int(time.time() - start_time)))
     if main_process:

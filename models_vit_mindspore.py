@@ -1,98 +1,29 @@
 """RETFound Vision Transformers as MindSpore cells.
 
 Parameter names are the PyTorch state_dict keys of upstream RETFound (timm 0.9.2 VisionTransformer),
-so a converted checkpoint loads by name with no renaming table. Only `nn`/`ops` layers are used:
-most `mint.nn` layers have no CPU kernel in MindSpore 2.10.
+so a converted checkpoint loads by name with no renaming table. The layers (util_mindspore/layers.py) follow
+one ComputePolicy: mixed precision as torch autocast, and kernel forms chosen by device.
 """
 import math
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, nn, ops
-from mindspore.common.initializer import Zero, initializer
 
-from util_mindspore.initializers import TruncNormal
+from util_mindspore.compute_policy import PolicyCell, cast
+from util_mindspore.layers import (
+    GELU,
+    DropPath,
+    LayerNorm,
+    LayerScale,
+    Linear,
+    PatchProjection,
+    Softmax,
+    merge_heads,
+    split_heads,
+    trunc_normal,
+)
 
 __all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models", "model_config"]
-
-
-def trunc_normal(shape, std=0.02, a=-2.0, b=2.0):
-    """timm's trunc_normal_ for a float32 Parameter, drawn into the Parameter's own array when it is made."""
-    return initializer(TruncNormal(std, a, b), shape, ms.float32)
-
-
-class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis whose parameters are `weight`/`bias` like torch's (nn.LayerNorm says gamma/beta)."""
-
-    def __init__(self, dim, eps=1e-6):
-        super().__init__()
-        self.weight = Parameter(initializer("ones", (dim,), ms.float32), name="weight")
-        self.bias = Parameter(initializer("zeros", (dim,), ms.float32), name="bias")
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-    def construct(self, x):
-        return self.layer_norm(x, self.weight.astype(x.dtype), self.bias.astype(x.dtype))[0]
-
-
-class GELU(nn.Cell):
-    """Exact (erf) GELU as torch's default, x/2 (1 + erf(x/sqrt 2)); nn.GELU() is the tanh approximation.
-
-    Written out with ops.erf: MindSpore 2.10's CPU GeLU kernel keeps about 4x its output in memory per call
-    site (1.2 GB for a batch-4 ViT-L forward), the erf form does not and is as fast.
-    """
-
-    def construct(self, x):
-        return x * 0.5 * (1.0 + ops.erf(x * 0.7071067811865476))
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth per sample, timm's drop_path (scale_by_keep=True): x * (bernoulli(keep) / keep).
-
-    The (B, 1, 1) factor is applied by a batched matmul with an inner dimension of 1 (one exact product per
-    element), not by `x / keep * mask`: MindSpore 2.10's CPU kernels for broadcast elementwise ops, a whole
-    tensor divided by a scalar among them, keep index tables of 16 bytes per element for every call site,
-    forward and backward. That came to 1.1 GB over the 48 drop paths of a ViT-L train step at batch 2.
-    """
-
-    def __init__(self, drop_prob=0.0):
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.keep_prob = 1.0 - self.drop_prob
-        self.matmul = ops.BatchMatMul()
-
-    def construct(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        b = x.shape[0]
-        mask = ops.floor(self.keep_prob + ops.rand((b, 1, 1), dtype=x.dtype))
-        if self.keep_prob > 0.0:
-            mask = mask / self.keep_prob
-        return self.matmul(ops.stop_gradient(mask), x.reshape(b, 1, -1)).reshape(x.shape)
-
-
-class PatchProjection(nn.Cell):
-    """torch's Conv2d(kernel=stride=patch) as a matmul over flattened patches; parameters keep the conv's shape.
-
-    The same sums in another order (logits agree to 3e-6 on ViT-L). MindSpore 2.10's CPU Conv2d takes
-    1.3 s for this layer at batch 4, a third of a ViT-L forward; the matmul takes 9 ms.
-    """
-
-    def __init__(self, in_chans, embed_dim, patch_size):
-        super().__init__()
-        self.patch_size = patch_size
-        self.weight = Parameter(trunc_normal((embed_dim, in_chans, patch_size, patch_size)), name="weight")
-        self.bias = Parameter(initializer("zeros", (embed_dim,), ms.float32), name="bias")
-        self.matmul = ops.MatMul(transpose_b=True)
-
-    def construct(self, x):
-        b, c, h, w = x.shape
-        p = self.patch_size
-        gh, gw = h // p, w // p
-        # (B, C, gh, p, gw, p) -> (B*gh*gw, C*p*p): each row one patch, flattened as the conv weight is
-        x = x.reshape(b, c, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
-        weight = self.weight.astype(x.dtype).reshape(self.weight.shape[0], -1)
-        x = self.matmul(x, weight) + self.bias.astype(x.dtype)
-        return x.reshape(b, gh * gw, -1)
 
 
 class PatchEmbed(nn.Cell):
@@ -112,97 +43,45 @@ class PatchEmbed(nn.Cell):
         return self.proj(x)
 
 
-def _dense(in_features, out_features, bias=True):
-    return nn.Dense(in_features, out_features, has_bias=bias,
-                    weight_init=trunc_normal((out_features, in_features)), bias_init="zeros")
-
-
-class Softmax(nn.Cell):
-    """Softmax over the last axis, with its backward p * g - p * sum(p * g) written as two batched matmuls.
-
-    MindSpore 2.10's own softmax backward (a ReduceSum and a broadcast Sub) keeps per-call-site index tables on
-    CPU: 15-20 MB per ViT-L block in a batch-2 train step. The matmuls keep none; the row sums are added in
-    another order than torch's, so gradients agree to float32 rounding.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.matmul = ops.BatchMatMul()
-
-    def construct(self, x):
-        return ops.softmax(x, axis=-1)
-
-    def bprop(self, x, out, dout):
-        n = out.shape[-1]
-        row_dot = self.matmul(out.reshape(-1, 1, n), dout.reshape(-1, n, 1))  # (rows, 1, 1): sum_j p_j g_j
-        return (out * dout - self.matmul(out.reshape(-1, n, 1), row_dot).reshape(out.shape),)
-
-
-class Attention(nn.Cell):
-    """timm's Attention. Heads are split off and merged back with split/stack and unstack/concat.
-
-    timm reshapes qkv to (B, N, 3, H, d) and permutes it. MindSpore 2.10's CPU Transpose kernel keeps an index
-    table of 8 bytes per element for each call site, whatever the rank: 25 MB per ViT-L block in batch-4
-    inference, 21 MB per block in a batch-2 train step. Splitting along the channels and stacking the heads
-    gives the same (B, H, N, d) tensors with copies only, and is faster (1.0 against 1.7 ms for a
-    (4, 197, 1024) tensor there and back).
-    """
+class Attention(PolicyCell):
+    """timm's Attention (explicit softmax, as timm with fused_attn off): the scores' softmax in the accurate
+    dtype, both batched matmuls in the matmul dtype."""
 
     def __init__(self, dim, num_heads=8, qkv_bias=False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = _dense(dim, dim * 3, bias=qkv_bias)
-        self.proj = _dense(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_av = ops.BatchMatMul()
         self.softmax = Softmax()
 
-    def _split_heads(self, x):
-        """(B, N, H * d) -> (B, H, N, d)."""
-        return ops.stack(ops.split(x, self.head_dim, axis=-1), axis=1)
-
-    def _merge_heads(self, x):
-        """(B, H, N, d) -> (B, N, H * d)."""
-        return ops.concat(ops.unstack(x, axis=1), axis=-1)
-
     def construct(self, x):
         q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
-        attn = self.softmax(self.matmul_qk(self._split_heads(q * self.scale), self._split_heads(k)))
-        return self.proj(self._merge_heads(self.matmul_av(attn, self._split_heads(v))))
+        dtype, heads, cpu = self.matmul_dtype, self.num_heads, self.cpu_forms
+        q = cast(split_heads(q * self.scale, heads, cpu), dtype)
+        scores = cast(self.matmul_qk(q, cast(split_heads(k, heads, cpu), dtype)), self.matmul_out_dtype)
+        attn = cast(self.softmax(scores), dtype)
+        out = cast(self.matmul_av(attn, cast(split_heads(v, heads, cpu), dtype)), self.matmul_out_dtype)
+        return self.proj(merge_heads(out, cpu))
 
 
 class Mlp(nn.Cell):
     def __init__(self, in_features, hidden_features):
         super().__init__()
-        self.fc1 = _dense(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = GELU()
-        self.fc2 = _dense(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
 
     def construct(self, x):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class LayerScale(nn.Cell):
-    """x * gamma over the channels (DINOv2). gamma is first spread to x's shape by a matmul with a ones column.
+class Block(PolicyCell):
+    """Pre-norm transformer block; each branch is added to the residual stream in the residual dtype."""
 
-    A broadcast multiply would keep index tables on CPU for its forward and gradients (see DropPath): 27 MB per
-    ViT-L block in a batch-2 train step. The spread values are gamma's exactly, so outputs equal torch's.
-    """
-
-    def __init__(self, dim, init_values=1e-5):
-        super().__init__()
-        self.gamma = Parameter(initializer(float(init_values), (dim,), ms.float32), name="gamma")
-        self.matmul = ops.MatMul()
-
-    def construct(self, x):
-        dim = x.shape[-1]
-        gamma = self.matmul(ops.ones((x.size // dim, 1), x.dtype), self.gamma.astype(x.dtype).reshape(1, dim))
-        return x * gamma.reshape(x.shape)
-
-
-class Block(nn.Cell):
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.0, init_values=None, eps=1e-6):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps)
@@ -215,12 +94,13 @@ class Block(nn.Cell):
         self.drop_path2 = DropPath(drop_path)
 
     def construct(self, x):
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        x = cast(x, self.residual_dtype)
+        x = x + cast(self.drop_path1(self.ls1(self.attn(self.norm1(x)))), x.dtype)
+        x = x + cast(self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), x.dtype)
         return x
 
 
-class VisionTransformer(nn.Cell):
+class VisionTransformer(PolicyCell):
     """ViT with a class token; `global_pool=True` is upstream RETFound's MAE fine-tuning head.
 
     global_pool=True: features = fc_norm(fc_norm(mean of patch tokens)); no final `norm`.
@@ -251,7 +131,7 @@ class VisionTransformer(nn.Cell):
             self.fc_norm = LayerNorm(embed_dim, eps)
         else:
             self.norm = LayerNorm(embed_dim, eps)
-        self.head = _dense(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @property
     def depth(self):
@@ -262,9 +142,9 @@ class VisionTransformer(nn.Cell):
 
     def forward_tokens(self, x):
         """All tokens after the last block, before any norm: (B, 1 + N, D)."""
-        x = self.patch_embed(x)
-        cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, self.embed_dim))
-        x = ops.concat((cls, x), axis=1) + self.pos_embed.astype(x.dtype)
+        x = cast(self.patch_embed(x), self.residual_dtype)
+        cls = ops.broadcast_to(cast(self.cls_token, x.dtype), (x.shape[0], 1, self.embed_dim))
+        x = ops.concat((cls, x), axis=1) + cast(self.pos_embed, x.dtype)
         for blk in self.blocks:
             x = blk(x)
         return x
@@ -362,19 +242,13 @@ def create_model(name, pretrained=None, weights_cache_dir=None, **kwargs):
     if not pretrained:
         return _MODELS[name](**kwargs)
     from mindspore.nn.utils import no_init_parameters
+
     from util_mindspore.weight_converter import load_pretrained_weights
     with no_init_parameters():  # initializers are built (and seeded) as usual, filled only on demand
         model = _MODELS[name](**kwargs)
     load_pretrained_weights(model, pretrained, cache_dir=weights_cache_dir)
     model.init_parameters_data()
     return model
-
-
-def trunc_normal_head_(model, std=2e-5):
-    """Re-initialise the classifier as upstream does after loading pretrained weights."""
-    if isinstance(model.head, nn.Dense):
-        model.head.weight.set_data(trunc_normal(model.head.weight.shape, std))
-        model.head.bias.set_data(initializer(Zero(), model.head.bias.shape, ms.float32))
 
 
 def num_params(model):

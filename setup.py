@@ -1,24 +1,26 @@
 """Install RETFound for MindSpore: `pip install -e .` (runtime) or `pip install -e ".[dev]"` (tests)."""
 from setuptools import setup
 
+# Each dependency is bounded above by its next major release (numpy by MindSpore's own limit), so that a new
+# release cannot break a fresh install; constraints.txt pins the exact versions CI tests with.
 RUNTIME = [
     "mindspore==2.10.0",
     # MindSpore 2.10 breaks with numpy 2 (GeneratorDataset and the first PyNative reshape fail).
     "numpy>=1.22,<2",
-    "huggingface_hub>=0.20",
-    "scikit-learn>=1.2",
-    "pillow>=9.0",
-    "matplotlib>=3.5",
-    "tqdm>=4.60",
-    "safetensors>=0.4",
-    "filelock>=3.10",
-    "zlib-ng>=0.4",  # fast CRC-32 checks of .pth storages (weight_converter)
+    "huggingface_hub>=0.20,<3",
+    "scikit-learn>=1.2,<2",
+    "pillow>=9.0,<14",
+    "matplotlib>=3.5,<4",
+    "tqdm>=4.60,<5",
+    "safetensors>=0.4,<1",
+    "filelock>=3.10,<5",
+    "zlib-ng>=0.4,<2",  # fast CRC-32 checks of .pth storages (weight_converter)
 ]
 # torch is never needed at run time: the converter has a torch-free .pth reader.
 TORCH = ["torch==2.14.1"]
 # The PyTorch reference for the parity tests: timm 0.9.2 is the version upstream RETFound pins,
 # and it needs torchvision, which works here only as the pair torch 2.14.1 / torchvision 0.29.1.
-DEV = ["pytest>=7", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2"]
+DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2"]
 
 setup(
     name="retfound-mindspore",
@@ -30,6 +32,7 @@ setup(
         "engine_finetune_mindspore",
         "main_finetune_mindspore",
         "convert_weights_example",
+        "selfcheck_mindspore",
     ],
     packages=["util_mindspore"],
     install_requires=RUNTIME,

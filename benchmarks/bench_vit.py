@@ -30,26 +30,27 @@ def peak_rss_mb():
 
 def run_mindspore(args, images, labels):
     import mindspore as ms
+
     import models_vit_mindspore
     from engine_finetune_mindspore import TrainStep
+    from main_finetune_mindspore import compile_cache_root
+    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
     from util_mindspore.lr_decay import param_groups_lrd
+    from util_mindspore.misc import enable_compile_cache
     from util_mindspore.mixup import one_hot
     from util_mindspore.optim import AdamW
-    from main_finetune_mindspore import compile_cache_root
-    from util_mindspore.misc import enable_compile_cache
     ms.set_context(mode=ms.GRAPH_MODE)
     enable_compile_cache(compile_cache_root(args), key={k: v for k, v in vars(args).items() if k != "steps"})
     model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
                                               drop_path_rate=0.1 if args.mode == "train" else 0.0)
-    if args.amp_level != "O0":
-        model = ms.amp.auto_mixed_precision(model, args.amp_level)
+    apply_policy(model, policy_for(args.amp_level, "float16", "CPU"))
     x = ms.Tensor(images)
     if args.mode == "infer":
         model.set_train(False)
         return lambda: model(x).asnumpy()
     scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
     step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=None,
-                     loss_scaling=args.amp_level != "O0")  # as main_finetune_mindspore.py builds it
+                     loss_scaling=needs_loss_scaling(args.amp_level, "float16"))  # as main_finetune_mindspore.py
     step.set_train(True)
     y, lr = ms.Tensor(one_hot(labels, args.num_classes)), ms.Tensor(1e-4, ms.float32)
     return lambda: step(x, y, lr, True)[0].asnumpy()
@@ -57,6 +58,7 @@ def run_mindspore(args, images, labels):
 
 def run_torch(args, images, labels):
     import torch
+
     from tests.torch_reference import create_reference, upstream_param_groups_lrd
     torch.set_num_threads(args.threads)
     model = create_reference(args.model, img_size=args.input_size, num_classes=args.num_classes,

@@ -27,10 +27,10 @@ def fundus(rng, size, kind):
     side = rng.choice([-1, 1])
     od = (c[0] + side * size * 0.22, c[1] + rng.normal(0, size * 0.03))
     odr = size * rng.uniform(0.06, 0.08)
-    for i in range(4):  # vessels leaving the optic disc
+    for _ in range(4):  # vessels leaving the optic disc
         angle = rng.uniform(0, 2 * np.pi)
         pts = [od]
-        for step in range(6):
+        for _ in range(6):
             angle += rng.normal(0, 0.3)
             pts.append((pts[-1][0] + np.cos(angle) * size * 0.08, pts[-1][1] + np.sin(angle) * size * 0.08))
         draw.line(pts, fill=(120, 30, 20), width=max(1, size // 64))

@@ -16,6 +16,8 @@ os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "hf_home")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_HUB_OFFLINE", None)
+# MindSpore writes rank_<n>/om/analyze_fail.ir beside the process on a compile error: keep the checkout clean
+os.environ.setdefault("MS_OM_PATH", os.path.join(_SESSION_HOME, "mindspore"))
 
 
 def pytest_configure(config):

@@ -1,6 +1,6 @@
 """Shared helpers for the parity tests: build both models from one random state dict, compare logits."""
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 import models_vit_mindspore
 from util_mindspore.weight_converter import load_arrays_into_model

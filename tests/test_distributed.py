@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 import main_finetune_mindspore
+from tests.helpers import make_dataset, read_metrics
 from tests.hf_server import FakeHub
-from tests.test_main_finetune_mindspore import make_dataset, read_metrics
 
 torch = pytest.importorskip("torch", reason="writing a checkpoint in the published layout needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")

@@ -2,21 +2,29 @@
 import math
 from types import SimpleNamespace
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 
 from engine_finetune_mindspore import TrainStep, train_one_epoch
+from tests.parity import mindspore_twin, random_images, record, set_mode
+from util_mindspore.compute_policy import apply_policy, policy_for
 from util_mindspore.lr_decay import param_groups_lrd
 from util_mindspore.lr_sched import learning_rate
 from util_mindspore.mixup import one_hot
 from util_mindspore.optim import AdamW
-from tests.parity import mindspore_twin, random_images, record, set_mode
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests.torch_reference import (create_reference, numpy_state_dict, randomize_,  # noqa: E402
-                                   upstream_adjust_learning_rate, upstream_param_groups_lrd)
+from tests.torch_reference import (  # noqa: E402
+    create_reference,
+    cuda_autocast_on_cpu,
+    explicit_attention,
+    numpy_state_dict,
+    randomize_,
+    upstream_adjust_learning_rate,
+    upstream_param_groups_lrd,
+)
 
 SCHEDULE = SimpleNamespace(lr=4e-3, min_lr=1e-6, warmup_epochs=2, epochs=6)
 
@@ -73,9 +81,10 @@ def test_layer_decay_groups_equal_upstream(mode):
         for name in group["names"]:
             theirs[name] = (group["lr_scale"], group["weight_decay"])
     ours_by_name = {p.name: (s, d) for p, s, d in zip(ours.trainable_params(), scales, decays)}
-    assert ours_by_name == pytest.approx(theirs) or all(
-        math.isclose(ours_by_name[k][0], theirs[k][0]) and ours_by_name[k][1] == theirs[k][1] for k in theirs)
     assert set(ours_by_name) == set(theirs)
+    for name, (scale, decay) in theirs.items():  # pytest.approx takes flat sequences, not dicts of tuples
+        assert ours_by_name[name][0] == pytest.approx(scale, rel=1e-12), name
+        assert ours_by_name[name][1] == decay, name
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
@@ -171,6 +180,80 @@ def test_overflow_skips_the_step_and_lowers_the_scale():
     step.loss_scale.set_data(ms.Tensor(2.0 ** 16, ms.float32))
     _, finite, _ = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(1e-3, ms.float32), True)
     assert bool(finite.asnumpy()) and float(step.optimizer.step.asnumpy()) == 1.0
+
+
+def _upstream_amp_step(ref, opt, scaler, images, labels):
+    """One iteration of upstream's engine on a GPU: autocast forward and loss, GradScaler backward, unscale,
+    clip_grad_norm_ 1.0, step (skipped when a gradient is not finite), update."""
+    opt.zero_grad()
+    with cuda_autocast_on_cpu():
+        loss = torch.nn.functional.cross_entropy(ref(torch.from_numpy(images)), torch.from_numpy(labels))
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    return loss.item()
+
+
+def _amp_pair(init_scale):
+    ref, ours = build_pair()
+    explicit_attention(ref).train()
+    apply_policy(ours, policy_for("O2", "float16", "CPU"))
+    opt = upstream_optimizer(ref)
+    lr = upstream_adjust_learning_rate(opt, 0.9, **vars(SCHEDULE))
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2000)
+    step = our_train_step(ours, clip_grad=1.0)
+    step.loss_scale.set_data(ms.Tensor(init_scale, ms.float32))
+    return ref, ours, opt, scaler, step, lr
+
+
+def test_o2_steps_equal_upstream_autocast_and_gradscaler_steps():
+    """From GradScaler's 65536 on random weights both overflow first (float16 gradients), skip, halve the scale,
+    then take the same step: the loss scale and its counter, the loss, and Adam's moments (linear and quadratic
+    in the unscaled, clipped gradient) agree. Moments within 5e-3 relative: ten units of float16 rounding."""
+    set_mode("graph")
+    ref, ours, opt, scaler, step, lr = _amp_pair(2.0 ** 16)
+    images, labels = random_images(4, 32, seed=32), np.array([0, 2, 1, 1])
+    skipped = 0
+    for _ in range(8):
+        their_loss = _upstream_amp_step(ref, opt, scaler, images, labels)
+        loss, finite, _ = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(lr, ms.float32), True)
+        assert bool(finite.asnumpy()) == bool(opt.state)  # torch creates Adam state on its first taken step
+        assert float(step.loss_scale.asnumpy()) == scaler.get_scale()
+        assert int(step.good_steps.asnumpy()) == int(scaler._growth_tracker)
+        assert float(loss.asnumpy()) == pytest.approx(their_loss, rel=1e-3)
+        if opt.state:
+            break
+        skipped += 1
+    assert opt.state and skipped >= 1, "expected overflow first, then a taken step"
+    by_name = dict(ref.named_parameters())
+    worst = 0.0
+    for param, m, v in zip(step.optimizer.params, step.optimizer.exp_avg, step.optimizer.exp_avg_sq):
+        state = opt.state[by_name[param.name]]
+        for ours_moment, theirs in ((m, state["exp_avg"]), (v, state["exp_avg_sq"])):
+            theirs = theirs.numpy()
+            rel = np.linalg.norm(ours_moment.asnumpy() - theirs) / max(np.linalg.norm(theirs), 1e-30)
+            worst = max(worst, rel)
+            assert rel <= 5e-3, f"{ours_moment.name}: relative difference {rel:.2e}"
+    record("O2 train step vs upstream autocast + GradScaler, Adam moments, worst relative", worst)
+
+
+def test_forced_overflow_skips_the_step_as_gradscaler_does():
+    set_mode("graph")
+    ref, ours, opt, scaler, step, lr = _amp_pair(2.0 ** 100)  # the scaled float16 gradients overflow
+    before = {n: p.asnumpy().copy() for n, p in ours.parameters_and_names()}
+    ref_before = {n: p.detach().numpy().copy() for n, p in ref.named_parameters()}
+    images, labels = random_images(2, 32, seed=33), np.array([0, 1])
+    _upstream_amp_step(ref, opt, scaler, images, labels)
+    _, finite, _ = step(ms.Tensor(images), ms.Tensor(one_hot(labels, 3)), ms.Tensor(lr, ms.float32), True)
+    assert not bool(finite.asnumpy()) and not opt.state
+    assert float(step.loss_scale.asnumpy()) == scaler.get_scale() == 2.0 ** 99
+    assert int(step.good_steps.asnumpy()) == int(scaler._growth_tracker) == 0
+    assert float(step.optimizer.step.asnumpy()) == 0.0
+    for name, param in ours.parameters_and_names():
+        np.testing.assert_array_equal(param.asnumpy(), before[name])
+        np.testing.assert_array_equal(dict(ref.named_parameters())[name].detach().numpy(), ref_before[name])
 
 
 class _FakeLoader:

@@ -1,5 +1,5 @@
 """The command line end to end: the README Quickstart on sample data, --eval, --resume, and data errors."""
-import csv
+import json
 import os
 import re
 import shlex
@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import engine_finetune_mindspore
 import main_finetune_mindspore
+from tests.helpers import make_dataset, read_metrics, small_argv
 from util_mindspore import metrics as metrics_lib
 from util_mindspore import misc
 from util_mindspore import weight_converter as wc
@@ -28,13 +28,6 @@ def quickstart_argv():
     assert len(block) == 2, "the Quickstart block has exactly two lines: run, then test"
     command = block[0].split("python main_finetune_mindspore.py", 1)[1]
     return shlex.split(command)
-
-
-def read_metrics(path):
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    assert rows[0] == metrics_lib.METRIC_COLUMNS
-    return [[float(v) for v in row] for row in rows[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ def test_quickstart_learns_the_sample_data(quickstart):
     assert len(test_rows) == 1
     accuracy = test_rows[0][metrics_lib.METRIC_COLUMNS.index("accuracy")]
     assert accuracy >= 0.90, f"test accuracy {accuracy:.3f}"
-    log = [eval(line.replace("null", "None")) for line in open(os.path.join(task_dir, "log.txt"))]
+    log = [json.loads(line) for line in open(os.path.join(task_dir, "log.txt"))]
     assert [row["epoch"] for row in log] == list(range(args.epochs))
     assert {"train_loss", "train_lr", "n_parameters"} <= set(log[0])
 
@@ -98,27 +91,6 @@ def test_eval_resume_reproduces_the_end_of_training_test_metrics(quickstart, tmp
     assert read_metrics(out / "eval" / "metrics_test.csv") == read_metrics(os.path.join(task_dir, "metrics_test.csv"))
     assert (out / "eval" / "confusion_matrix_test.jpg").exists()
     assert not (out / "eval" / "checkpoint-best.ckpt").exists()
-
-
-# --- small data sets for the fast tests ------------------------------------------------------------------------
-
-def make_dataset(root, classes=("a", "b", "c"), per_split=None, size=40):
-    per_split = per_split or {"train": 8, "val": 3, "test": 3}
-    rng = np.random.default_rng(0)
-    for split, count in per_split.items():
-        for k, name in enumerate(classes):
-            folder = os.path.join(root, split, name)
-            os.makedirs(folder, exist_ok=True)
-            for i in range(count):
-                pixels = (rng.random((size, size, 3)) * 60 + 60 * k).astype(np.uint8)
-                Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
-    return str(root)
-
-
-def small_argv(data, out, epochs=3, extra=()):
-    return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
-            "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
-            "--output_dir", out, "--task", "t", "--num_workers", "2", *extra]
 
 
 def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state(tmp_path, monkeypatch):
@@ -159,13 +131,14 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     assert set(state_whole) == set(state_resumed) and "optimizer.step" in state_whole
     for name, array in state_whole.items():
         np.testing.assert_allclose(state_resumed[name], array, rtol=1e-5, atol=1e-9, err_msg=name)
-    epochs_logged = [eval(line.replace("null", "None"))["epoch"] for line in open(os.path.join(broken, "t", "log.txt"))]
+    epochs_logged = [json.loads(line)["epoch"] for line in open(os.path.join(broken, "t", "log.txt"))]
     assert epochs_logged == [0, 1, 2]
 
 
 @pytest.mark.parametrize("damage,message", [
     (lambda root: shutil.rmtree(os.path.join(root, "val")), "val: split folder not found"),
-    (lambda root: [os.remove(os.path.join(root, "train", "b", f)) for f in os.listdir(os.path.join(root, "train", "b"))],
+    (lambda root: [os.remove(os.path.join(root, "train", "b", f))
+                   for f in os.listdir(os.path.join(root, "train", "b"))],
      "class 'b' has no images"),
     (lambda root: os.rename(os.path.join(root, "test", "c"), os.path.join(root, "test", "d")),
      "class folders differ between train"),
@@ -248,3 +221,55 @@ def test_a_second_run_reuses_the_compile_cache_and_gives_the_same_results(tmp_pa
         first = (tmp_path / "first" / "t" / name).read_text()
         assert (tmp_path / "second" / "t" / name).read_text() == first, name
     assert train("other", extra=["--drop_path", "0.1"]) != where
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_mixed_precision_trains_evaluates_and_resumes_across_levels(tmp_path, level):
+    """Train at `level`; the checkpoint holds the PyTorch names; --eval --resume at `level` gives the final test
+    metrics again; --resume under O0 continues the run (and, for O2, --eval under O2 reads an O0 checkpoint)."""
+    import models_vit_mindspore
+    data = make_dataset(tmp_path / "data")
+    trained = tmp_path / "trained"
+    assert main_finetune_mindspore.run(small_argv(data, str(trained), epochs=2, extra=[
+        "--amp_level", level, "--drop_path", "0.1"])) == 0  # drop path in float16 too
+    best, last = trained / "t" / "checkpoint-best.ckpt", trained / "t" / "checkpoint-last.ckpt"
+    weights, state, info = wc.read_ckpt(str(best))
+    names = {n for n, _ in models_vit_mindspore.create_model("vit_tiny_patch16", img_size=32,
+                                                            num_classes=3).parameters_and_names()}
+    assert set(weights) == names and all(a.dtype == np.float32 for a in weights.values())
+    scale = float(state["loss_scale.scale"].reshape(()))
+    assert scale > 0 and np.log2(scale) == int(np.log2(scale))  # GradScaler's scale: powers of two
+
+    evaluated = tmp_path / "evaluated"
+    assert main_finetune_mindspore.run(small_argv(data, str(evaluated), extra=[
+        "--eval", "--resume", str(best), "--amp_level", level])) == 0
+    assert read_metrics(evaluated / "t" / "metrics_test.csv") == read_metrics(trained / "t" / "metrics_test.csv")
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(trained, resumed)
+    assert main_finetune_mindspore.run(small_argv(data, str(resumed), epochs=3, extra=[
+        "--resume", str(resumed / "t" / "checkpoint-last.ckpt"), "--amp_level", "O0"])) == 0
+    assert [json.loads(line)["epoch"] for line in open(resumed / "t" / "log.txt")] == [0, 1, 2]
+    _, resumed_state, resumed_info = wc.read_ckpt(str(resumed / "t" / "checkpoint-last.ckpt"))
+    assert resumed_info["epoch"] == 2 and set(resumed_state) == set(wc.read_ckpt(str(last))[1])
+
+    if level == "O2":
+        back = tmp_path / "back"
+        assert main_finetune_mindspore.run(small_argv(data, str(back), extra=[
+            "--eval", "--resume", str(resumed / "t" / "checkpoint-last.ckpt"), "--amp_level", "O2"])) == 0
+        assert len(read_metrics(back / "t" / "metrics_test.csv")) == 1
+
+
+def test_a_run_leaves_the_working_directory_as_it_was(tmp_path):
+    """MindSpore's AMP rewrite wrote rewritten_network/*.py beside every O1 run, and compile errors rank_*/:
+    nothing may land in the directory the user runs from."""
+    data = make_dataset(tmp_path / "data")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MS_OM_PATH", "MS_COMPILER_CACHE_PATH")}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main_finetune_mindspore.py"),
+                           *small_argv(data, str(tmp_path / "out"), epochs=2, extra=["--amp_level", "O1"])],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.listdir(cwd) == []
+    assert (tmp_path / "out" / "t" / "checkpoint-best.ckpt").exists()

@@ -1,6 +1,6 @@
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 
 import models_vit_mindspore as M
 from tests.parity import mindspore_twin, ms_logits, random_images, record, set_mode
@@ -96,56 +96,6 @@ def test_drop_path_is_random_in_train_mode_only(mode):
     model.set_train(False)
     c, d = model(x).asnumpy(), model(x).asnumpy()
     np.testing.assert_array_equal(c, d)
-
-
-class _InputGrad(ms.nn.Cell):
-    """d/dx of sum(cell(x) * weights): the backward a training step runs, compiled in graph mode."""
-
-    def __init__(self, cell):
-        super().__init__()
-        self.cell = cell
-        self.grad = ms.ops.GradOperation()
-
-    def weighted_sum(self, x, weights):
-        return (self.cell(x) * weights).sum()
-
-    def construct(self, x, weights):
-        return self.grad(self.weighted_sum)(x, weights)
-
-
-@pytest.mark.parametrize("mode", ["pynative", "graph"])
-def test_softmax_backward_matches_torch(mode):
-    set_mode(mode)
-    rng = np.random.default_rng(6)
-    x = (rng.standard_normal((2, 3, 9, 9)) * 4).astype(np.float32)
-    weights = rng.standard_normal(x.shape).astype(np.float32)
-    ours = _InputGrad(M.Softmax())(ms.Tensor(x), ms.Tensor(weights)).asnumpy()
-    xt = torch.from_numpy(x).requires_grad_(True)
-    (torch.softmax(xt, -1) * torch.from_numpy(weights)).sum().backward()
-    np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(M.Softmax()(ms.Tensor(x)).asnumpy(), ms.ops.softmax(ms.Tensor(x), -1).asnumpy())
-
-
-@pytest.mark.parametrize("mode", ["pynative", "graph"])
-def test_drop_path_scales_kept_samples_as_timm_and_backpropagates_the_mask(mode):
-    """timm: x * (bernoulli(keep) / keep), whole samples; the gradient is that same per-sample factor."""
-    set_mode(mode)
-    keep = 0.7
-    drop = M.DropPath(1.0 - keep)
-    drop.set_train(True)
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((64, 5, 8)).astype(np.float32)
-    out = drop(ms.Tensor(x)).asnumpy()
-    factor = np.float32(1.0) / np.float32(keep)
-    kept = np.array([np.array_equal(o, xi * factor) for o, xi in zip(out, x)])
-    dropped = np.array([not o.any() for o in out])
-    assert (kept | dropped).all() and kept.any() and dropped.any()
-
-    weights = rng.standard_normal(x.shape).astype(np.float32)
-    grad = _InputGrad(drop)(ms.Tensor(x), ms.Tensor(weights)).asnumpy()
-    per_sample = np.array([g[0, 0] / w[0, 0] for g, w in zip(grad, weights)], np.float32)
-    assert np.all(np.isclose(per_sample, 0.0, atol=1e-7) | np.isclose(per_sample, factor, rtol=1e-6))
-    np.testing.assert_allclose(grad, weights * per_sample[:, None, None], rtol=1e-6, atol=1e-7)
 
 
 def test_drop_path_rates_are_linearly_spaced():

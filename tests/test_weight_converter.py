@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import models_vit_mindspore as M
-from util_mindspore import torch_pickle, weight_converter as wc
 from tests.hf_server import FakeHub, use_endpoint
 from tests.parity import ms_logits, random_images, record, set_mode
+from util_mindspore import torch_pickle
+from util_mindspore import weight_converter as wc
 
 torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
@@ -154,6 +155,7 @@ def test_converted_ckpt_is_the_one_ms_save_checkpoint_writes(tmp_path, monkeypat
     """float32 tensors stored as they lie are copied file to file (copy_file_range, or pread / write where the
     filesystem refuses it); views, offsets into a shared storage, float16 and bfloat16 are read and cast."""
     import errno
+
     import mindspore as ms
     if not kernel_copy:
         def refuse(*args):

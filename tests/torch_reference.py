@@ -2,12 +2,14 @@
 
 Imported only by tests (and benchmarks); torch and timm are dev extras, never runtime requirements.
 """
+import contextlib
 from functools import partial
 
-import torch
-import torch.nn as nn
 import timm
 import timm.models.vision_transformer
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 class UpstreamVisionTransformer(timm.models.vision_transformer.VisionTransformer):
@@ -106,7 +108,41 @@ def upstream_adjust_learning_rate(optimizer, epoch, lr, min_lr, warmup_epochs, e
     if epoch < warmup_epochs:
         value = lr * epoch / warmup_epochs
     else:
-        value = min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+        progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
+        value = min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     for group in optimizer.param_groups:
         group["lr"] = value * group.get("lr_scale", 1.0)
     return value
+
+
+@contextlib.contextmanager
+def cuda_autocast_on_cpu(dtype=torch.float16):
+    """torch.cuda.amp.autocast()'s casts, emulated on the CPU (upstream trains under CUDA autocast).
+
+    CPU autocast puts linear / matmul / conv in `dtype` as CUDA's does, but runs layer_norm and softmax in the
+    dtype they receive, where CUDA's autocast casts them to float32; those two are patched to do that here.
+    timm's fused attention (F.scaled_dot_product_attention) is turned off on the model by `explicit_attention`:
+    its explicit path is the one whose casts autocast defines op by op (softmax in float32).
+    """
+    layer_norm, softmax = F.layer_norm, torch.Tensor.softmax
+
+    def layer_norm_fp32(x, *args, **kwargs):
+        return layer_norm(x.float(), *args, **kwargs)
+
+    def softmax_fp32(self, *args, **kwargs):
+        return softmax(self.float(), *args, **kwargs)
+
+    F.layer_norm, torch.Tensor.softmax = layer_norm_fp32, softmax_fp32
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            yield
+    finally:
+        F.layer_norm, torch.Tensor.softmax = layer_norm, softmax
+
+
+def explicit_attention(model):
+    """Turn off timm's fused attention, so attention runs as q @ k^T, softmax, @ v (see cuda_autocast_on_cpu)."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return model

@@ -11,8 +11,17 @@ METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard",
 def compute_metrics(labels, probs, loss):
     """Upstream's metrics from true labels and softmax probabilities; score = (F1 + ROC-AUC + kappa) / 3."""
     # imported here: scikit-learn costs 0.7 s of every start-up, and training needs it only after an epoch
-    from sklearn.metrics import (accuracy_score, average_precision_score, cohen_kappa_score, f1_score,
-                                 hamming_loss, jaccard_score, precision_score, recall_score, roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        cohen_kappa_score,
+        f1_score,
+        hamming_loss,
+        jaccard_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     num_classes = probs.shape[1]

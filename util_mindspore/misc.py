@@ -1,16 +1,16 @@
 """Process-level helpers: distributed context under msrun, seeding, and training checkpoints.
 
-A training checkpoint (.ckpt; read back by weight_converter.read_ckpt) holds the model parameters under their PyTorch names (so it is also a valid
---finetune source), `optimizer.*` moments and step, `loss_scale.*`, and epoch / best score / class names /
-args. It is written to a temp file and renamed, by rank 0 only.
+A training checkpoint (.ckpt; read back by weight_converter.read_ckpt) holds the model parameters under their
+PyTorch names (so it is also a valid --finetune source), `optimizer.*` moments and step, `loss_scale.*`, and
+epoch / best score / class names / args. It is written to a temp file and renamed, by rank 0 only.
 """
 import hashlib
 import json
 import os
 import random
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from util_mindspore.weight_converter import save_arrays_ckpt
 

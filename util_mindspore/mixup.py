@@ -88,12 +88,13 @@ class Mixup:
         if lam == 1.0:
             return 1.0
         if cutmix:
-            (t, b, l, r), lam = _cutmix_box(images.shape, lam, self.rng, self.cutmix_minmax)
+            box, lam = _cutmix_box(images.shape, lam, self.rng, self.cutmix_minmax)
         for i in rows:
             j = n - 1 - i
             for dst, src in ((i, j), (j, i)) if pair else ((i, j),):
                 if cutmix:
-                    out[dst, :, t:b, l:r] = images[src, :, t:b, l:r]
+                    top, bottom, left, right = box
+                    out[dst, :, top:bottom, left:right] = images[src, :, top:bottom, left:right]
                 else:
                     out[dst] = images[dst] * lam + images[src] * (1.0 - lam)
         return lam

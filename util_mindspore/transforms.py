@@ -173,7 +173,10 @@ def to_normalized_chw(img):
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def random_erasing(chw, rng, prob=0.25, count=1, area=(0.02, 1 / 3), log_aspect=(math.log(0.3), math.log(1 / 0.3))):
+_ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
+
+
+def random_erasing(chw, rng, prob=0.25, count=1, area=(0.02, 1 / 3), log_aspect=_ERASE_LOG_ASPECT):
     """timm RandomErasing, mode 'pixel': each erased pixel gets N(0, 1) values (on the normalised image)."""
     if rng.random() > prob:
         return chw

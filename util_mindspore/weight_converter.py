@@ -468,8 +468,8 @@ def _read_plain_ckpt(path):
 
 def _hub_file_etag(source, token, revision):
     """ETag of the hub file (a HEAD request, no download); None when the hub cannot be asked."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     import huggingface_hub.constants as hf_constants
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     if hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
         return None
     url = hf_hub_url(source.repo_id, source.filename, revision=revision,
@@ -483,8 +483,14 @@ def _hub_file_etag(source, token, revision):
 
 def _download(source, token, revision):
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                       RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError)
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     where = f"{source.repo_id}/{source.filename}"
     try:
         return hf_hub_download(source.repo_id, source.filename, revision=revision, token=token,
@@ -660,8 +666,9 @@ class LoadReport:
 
 def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
     """Load name -> array into `model` by name; strict about the backbone, loud about everything else."""
-    import mindspore as ms
-    from models_vit_mindspore import trunc_normal_head_
+    import mindspore as ms  # MindSpore only for loading into a model: converting runs without it
+
+    from util_mindspore.layers import trunc_normal_linear_
     params = dict(model.parameters_and_names())
     arrays = dict(arrays)
     interpolated, reinitialized, mismatched = [], [], []
@@ -692,7 +699,7 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
             param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name]), dtype=param.dtype))
             loaded.append(name)
     if head_keys and not head_fits:
-        trunc_normal_head_(model, std=2e-5)
+        trunc_normal_linear_(model.head, std=2e-5)
         reinitialized.extend(head_keys)
     unexpected = sorted(k for k in arrays if k not in params or (k.startswith("head.") and not head_fits))
     missing = [n for n in missing if n not in reinitialized]

@@ -1,0 +1,193 @@
+"""Check this MindSpore installation on your device before a long run: about a minute on a GPU or Ascend.
+
+    python selfcheck_mindspore.py --device GPU                       # ViT-L (RETFound_mae), --amp_level auto
+    python selfcheck_mindspore.py --device Ascend --amp_dtype bfloat16 --jit_level O2
+    python selfcheck_mindspore.py --device CPU --model vit_tiny_patch16 --input_size 32 --amp_level O2
+
+Builds the model with random weights at your --amp_level / --amp_dtype, compares its forward with the float32
+CPU forward of the same weights (run in a child process), takes two train steps, saves and reloads a training
+checkpoint, and times inference and training. Prints one PASS / FAIL line per check; exits 1 on any FAIL.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# |logits - float32 logits| <= this * max |float32 logits|: 8 units in the last place of the reduced type
+# (float16 keeps 10 mantissa bits, bfloat16 7). Rounding differences of one unit at each matmul and
+# normalisation, carried through the depth, stay within that for ViT-L; float32 orders sums differently only.
+TOLERANCE = {"float32": 1e-5, "float16": 8 * 2.0 ** -10, "bfloat16": 8 * 2.0 ** -7}
+NUM_CLASSES = 5
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("RETFound MindSpore device self-check")
+    parser.add_argument("--device", default=None, help="CPU, GPU (cuda, cuda:N) or Ascend (npu, npu:N)")
+    parser.add_argument("--amp_level", default="auto", choices=["O0", "O1", "O2", "O3", "auto"])
+    parser.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"])
+    parser.add_argument("--jit_level", default=None, choices=["O0", "O1", "O2"])
+    parser.add_argument("--mode", default="graph", choices=["graph", "pynative"])
+    parser.add_argument("--model", default="RETFound_mae", help="a registered model (vit_tiny_patch16 is quick)")
+    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--batch_size", default=4, type=int)
+    parser.add_argument("--steps", default=5, type=int, help="timed steps for inference and for training")
+    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)  # the float32 CPU child process
+    return parser
+
+
+class Report:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, check, ok, detail):
+        """ok: True (PASS), False (FAIL) or None (a measurement, INFO)."""
+        self.rows.append(("INFO" if ok is None else "PASS" if ok else "FAIL", check, detail))
+        print(f"{self.rows[-1][0]:<5} {check:<24} {detail}", flush=True)
+
+    @property
+    def failed(self):
+        return any(status == "FAIL" for status, _, _ in self.rows)
+
+
+def build_model(args, pretrained=None):
+    import models_vit_mindspore
+    return models_vit_mindspore.create_model(args.model, pretrained=pretrained, img_size=args.input_size,
+                                             num_classes=NUM_CLASSES, drop_path_rate=0.0)
+
+
+def reference_forward(args):
+    """Child process: the float32 CPU logits of the saved weights on the saved batch."""
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    model = build_model(args, pretrained=os.path.join(args.reference, "weights.ckpt"))
+    model.set_train(False)
+    images = np.load(os.path.join(args.reference, "images.npy"))
+    np.save(os.path.join(args.reference, "reference.npy"), model(ms.Tensor(images)).asnumpy())
+    return 0
+
+
+def _run_reference(args, folder):
+    command = [sys.executable, os.path.abspath(__file__), "--reference", folder, "--model", args.model,
+               "--input_size", str(args.input_size)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the float32 CPU reference process failed: {tail}")
+    return np.load(os.path.join(folder, "reference.npy"))
+
+
+def _images(args, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((args.batch_size, 3, args.input_size, args.input_size)).astype(np.float32)
+
+
+def _timed(fn, steps):
+    fn()  # compile and warm up
+    started = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - started) / steps
+
+
+def check(args, report, folder):
+    import mindspore as ms
+
+    from engine_finetune_mindspore import TrainStep
+    from util_mindspore import misc
+    from util_mindspore import weight_converter as wc
+    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
+    from util_mindspore.lr_decay import param_groups_lrd
+    from util_mindspore.mixup import one_hot
+    from util_mindspore.optim import AdamW
+
+    policy = policy_for(args.amp_level, args.amp_dtype, args.device)
+    low = args.amp_dtype if policy.reduced else "float32"
+    report.add("setup", None, f"MindSpore {ms.__version__} on {args.device}, --amp_level {args.amp_level}, "
+                              f"{low}, jit_level {args.jit_level or 'default'}, "
+                              f"{'CPU' if policy.cpu_forms else 'plain'} kernel forms, {args.model} "
+                              f"{args.input_size}px, batch {args.batch_size}")
+    misc.seed_everything(args.seed)
+    model = apply_policy(build_model(args), policy)
+    model.set_train(False)
+    wc.save_arrays_ckpt({n: p.asnumpy() for n, p in model.parameters_and_names()},
+                        os.path.join(folder, "weights.ckpt"))
+    images = _images(args, args.seed)
+    np.save(os.path.join(folder, "images.npy"), images)
+
+    logits = model(ms.Tensor(images)).asnumpy().astype(np.float32)
+    expected = _run_reference(args, folder)
+    diff = float(np.abs(logits - expected).max())
+    bound = TOLERANCE[low] * float(np.abs(expected).max())
+    report.add("forward vs float32 CPU", bool(np.isfinite(logits).all()) and diff <= bound,
+               f"max |diff| {diff:.3e} (bound {bound:.3e} = {TOLERANCE[low]:.2e} x max |logit|)")
+
+    scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
+    scaling = needs_loss_scaling(args.amp_level, args.amp_dtype)
+    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=1.0, loss_scaling=scaling)
+    step.set_train(True)
+    before = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
+    targets = ms.Tensor(one_hot(np.arange(args.batch_size) % NUM_CLASSES, NUM_CLASSES))
+    lr = ms.Tensor(1e-4, ms.float32)
+    losses, taken, skipped = [], 0, 0
+    while taken < 2 and taken + skipped < 10:  # a float16 step may overflow: GradScaler skips it, halves the scale
+        loss, finite, _ = step(ms.Tensor(images), targets, lr, True)
+        losses.append(float(loss.asnumpy()))
+        taken, skipped = (taken + 1, skipped) if bool(finite.asnumpy()) else (taken, skipped + 1)
+    changed = sum(not np.array_equal(p.asnumpy(), before[n]) for n, p in model.parameters_and_names())
+    report.add("two train steps", taken == 2 and all(np.isfinite(losses)) and changed > 0,
+               f"losses {', '.join(f'{v:.4f}' for v in losses)}; {taken} taken, {skipped} skipped on overflow; "
+               f"{changed} of {len(before)} tensors changed")
+    scale, good = float(step.loss_scale.asnumpy()), int(step.good_steps.asnumpy())
+    expected_scale = 2.0 ** 16 * 0.5 ** skipped if scaling else 2.0 ** 16
+    report.add("loss scale state", scale == expected_scale and good == (taken if scaling else 0),
+               f"scale {scale:g} (expected {expected_scale:g}), finite steps since change {good}"
+               + ("" if scaling else " (no loss scaling at this setting)"))
+
+    path = os.path.join(folder, "checkpoint.ckpt")
+    misc.save_model(path, model, step, 0, 0.0, [f"class_{i}" for i in range(NUM_CLASSES)], args)
+    model.set_train(False)
+    trained = model(ms.Tensor(images)).asnumpy()
+    arrays, state, _ = wc.read_ckpt(path)
+    same = all(np.array_equal(arrays[n], p.asnumpy()) for n, p in model.parameters_and_names())
+    reloaded = apply_policy(build_model(args, pretrained=path), policy)
+    reloaded.set_train(False)
+    again = reloaded(ms.Tensor(images)).asnumpy()
+    report.add("checkpoint save / reload", same and len(state) > 0 and np.array_equal(again, trained),
+               f"{len(arrays)} weights and {len(state)} optimizer / loss-scale tensors written and read back; "
+               f"reloaded logits {'identical' if np.array_equal(again, trained) else 'DIFFER'}")
+
+    batch = ms.Tensor(images)
+    infer = _timed(lambda: model(batch).asnumpy(), args.steps)
+    report.add("inference speed", None, f"{args.batch_size / infer:.2f} img/s ({infer * 1000:.0f} ms per batch)")
+    step.set_train(True)
+    train = _timed(lambda: step(batch, targets, lr, True)[0].asnumpy(), args.steps)
+    report.add("train speed", None, f"{args.batch_size / train:.2f} img/s ({train * 1000:.0f} ms per step)")
+
+
+def run(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.reference:
+        return reference_forward(args)
+    from util_mindspore import device
+    report = Report()
+    try:
+        with tempfile.TemporaryDirectory(prefix="retfound_selfcheck_") as folder:
+            device.keep_mindspore_files_in(os.path.join(folder, "mindspore"))
+            device.configure(args)
+            check(args, report, folder)
+    except (ValueError, KeyError, RuntimeError) as exc:  # DeviceError, WeightError; a failed reference process
+        lines = [line for line in str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
+                 if line.strip(" -")]  # MindSpore's errors open with rules of dashes
+        report.add("error", False, lines[0] if lines else type(exc).__name__)
+    print(f"self-check: {'FAILED' if report.failed else 'all checks passed'}")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

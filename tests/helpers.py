@@ -1,0 +1,36 @@
+"""Small data sets, command lines and readers shared by the tests."""
+import csv
+import os
+
+import numpy as np
+from PIL import Image
+
+from util_mindspore import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == metrics_lib.METRIC_COLUMNS
+    return [[float(v) for v in row] for row in rows[1:]]
+
+
+def make_dataset(root, classes=("a", "b", "c"), per_split=None, size=40):
+    per_split = per_split or {"train": 8, "val": 3, "test": 3}
+    rng = np.random.default_rng(0)
+    for split, count in per_split.items():
+        for k, name in enumerate(classes):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.random((size, size, 3)) * 60 + 60 * k).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i}.png"))
+    return str(root)
+
+
+def small_argv(data, out, epochs=3, extra=()):
+    return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
+            "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
+            "--output_dir", out, "--task", "t", "--num_workers", "2", *extra]

@@ -1,0 +1,113 @@
+"""The layers: their backward rules against torch, and the CPU and plain kernel forms against each other."""
+import mindspore as ms
+import numpy as np
+import pytest
+
+import models_vit_mindspore as M
+from tests.parity import random_images, record, set_mode
+from util_mindspore.compute_policy import ComputePolicy, apply_policy
+from util_mindspore.layers import DropPath, Softmax
+
+torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
+
+CPU_FORMS, PLAIN_FORMS = ComputePolicy(cpu_forms=True), ComputePolicy(cpu_forms=False)
+
+
+class _InputGrad(ms.nn.Cell):
+    """d/dx of sum(cell(x) * weights): the backward a training step runs, compiled in graph mode."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+        self.grad = ms.ops.GradOperation()
+
+    def weighted_sum(self, x, weights):
+        return (self.cell(x) * weights).sum()
+
+    def construct(self, x, weights):
+        return self.grad(self.weighted_sum)(x, weights)
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+@pytest.mark.parametrize("policy", [CPU_FORMS, PLAIN_FORMS], ids=["cpu", "plain"])
+def test_softmax_backward_matches_torch(mode, policy):
+    set_mode(mode)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((2, 3, 9, 9)) * 4).astype(np.float32)
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    softmax = apply_policy(Softmax(), policy)
+    ours = _InputGrad(softmax)(ms.Tensor(x), ms.Tensor(weights)).asnumpy()
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (torch.softmax(xt, -1) * torch.from_numpy(weights)).sum().backward()
+    np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(softmax(ms.Tensor(x)).asnumpy(), ms.ops.softmax(ms.Tensor(x), -1).asnumpy())
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+@pytest.mark.parametrize("policy", [CPU_FORMS, PLAIN_FORMS], ids=["cpu", "plain"])
+def test_drop_path_scales_kept_samples_as_timm_and_backpropagates_the_mask(mode, policy):
+    """timm: x * (bernoulli(keep) / keep), whole samples; the gradient is that same per-sample factor."""
+    set_mode(mode)
+    keep = 0.7
+    drop = apply_policy(DropPath(1.0 - keep), policy)
+    drop.set_train(True)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 5, 8)).astype(np.float32)
+    out = drop(ms.Tensor(x)).asnumpy()
+    factor = np.float32(1.0) / np.float32(keep)
+    kept = np.array([np.array_equal(o, xi * factor) for o, xi in zip(out, x)])
+    dropped = np.array([not o.any() for o in out])
+    assert (kept | dropped).all() and kept.any() and dropped.any()
+
+    weights = rng.standard_normal(x.shape).astype(np.float32)
+    grad = _InputGrad(drop)(ms.Tensor(x), ms.Tensor(weights)).asnumpy()
+    per_sample = np.array([g[0, 0] / w[0, 0] for g, w in zip(grad, weights)], np.float32)
+    assert np.all(np.isclose(per_sample, 0.0, atol=1e-7) | np.isclose(per_sample, factor, rtol=1e-6))
+    np.testing.assert_allclose(grad, weights * per_sample[:, None, None], rtol=1e-6, atol=1e-7)
+
+
+def _twin_models(name, size, **kwargs):
+    """The same random weights in two models, one with the CPU forms and one with the plain forms (LayerScale
+    gammas 0.05-0.5, so that DINOv2's blocks weigh in the logits)."""
+    first = M.create_model(name, img_size=size, num_classes=3, **kwargs)
+    second = M.create_model(name, img_size=size, num_classes=3, **kwargs)
+    rng = np.random.default_rng(9)
+    for (param_name, a), (_, b) in zip(first.parameters_and_names(), second.parameters_and_names()):
+        values = a.asnumpy()
+        if param_name.endswith("gamma"):
+            values = rng.uniform(0.05, 0.5, values.shape).astype(np.float32)
+        a.set_data(ms.Tensor(values))
+        b.set_data(ms.Tensor(values))
+    return apply_policy(first, CPU_FORMS), apply_policy(second, PLAIN_FORMS)
+
+
+def _loss_of(model):
+    def loss(x, y):
+        return ms.ops.cross_entropy(model(x), y)
+    return loss
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+@pytest.mark.parametrize("name,size,kwargs", [
+    ("vit_tiny_patch16", 32, dict(depth=2, global_pool=True)),
+    ("vit_tiny_patch16", 32, dict(depth=2, global_pool=False)),
+    ("RETFound_dinov2", 28, dict(depth=2))])
+def test_cpu_and_plain_forms_give_the_same_logits_and_gradients(mode, name, size, kwargs):
+    """The forms GPU and Ascend run (transposed heads, stock softmax and GeLU, broadcast multiplies, Conv2D)
+    against the CPU forms, on the same weights: forward and every parameter's gradient."""
+    set_mode(mode)
+    cpu, plain = _twin_models(name, size, **kwargs)
+    images, labels = ms.Tensor(random_images(4, size, seed=8)), ms.Tensor(np.array([0, 2, 1, 2], np.int32))
+    results = []
+    for model in (cpu, plain):
+        model.set_train(False)
+        logits = model(images).asnumpy()
+        _, grads = ms.value_and_grad(_loss_of(model), None, model.trainable_params())(images, labels)
+        results.append((logits, [g.asnumpy() for g in grads]))
+    (logits_cpu, grads_cpu), (logits_plain, grads_plain) = results
+    diff = np.abs(logits_cpu - logits_plain).max()
+    record(f"{name} CPU vs plain kernel forms, logits ({mode})", diff)
+    assert diff <= 1e-5 * max(np.abs(logits_cpu).max(), 1.0)
+    for param, g_cpu, g_plain in zip(cpu.trainable_params(), grads_cpu, grads_plain):
+        rel = np.linalg.norm(g_cpu - g_plain) / max(np.linalg.norm(g_cpu), 1e-12)
+        assert rel <= 1e-5, f"{param.name}: gradients differ by {rel:.2e} between the forms"

@@ -1,0 +1,89 @@
+"""How our cells compute: the dtype of each op family (mixed precision) and which kernel forms they use.
+
+One policy object is set on every cell of a model (`apply_policy`), so precision is a property of our own
+cells, stated here, and not of MindSpore's AMP cell lists (`ms.amp.auto_mixed_precision` also wraps the
+model in a Cell that renames its parameters `_backbone.*` and hides its methods).
+
+Levels, with `low` = --amp_dtype (float16 or bfloat16); parameters always stay float32 (master weights):
+
+| level | matmuls (linear, patch, attention) | matmul outputs | LayerNorm, softmax, GELU's math | residual stream |
+|-------|------------------------------------|----------------|---------------------------------|-----------------|
+| O0    | float32                            | float32        | float32                         | float32         |
+| O1    | low                                | float32        | float32                         | float32         |
+| O2    | low                                | low            | float32                         | float32         |
+| O3    | low                                | low            | low                             | low             |
+
+O2 is torch.cuda.amp.autocast(), which upstream trains under on every GPU: linear / matmul / conv in float16,
+layer_norm and softmax in float32, other ops in the dtype they receive, and the residual stream float32
+because a float16 branch added to a float32 tensor promotes. The loss is always computed in float32.
+
+Kernel forms: the `cpu` forms avoid kernels whose MindSpore 2.10 CPU versions hold large per-call-site tables
+(see util_mindspore/layers.py); GPU and Ascend get the `plain` forms. Both compute the same function.
+"""
+import dataclasses
+
+import mindspore as ms
+
+AMP_LEVELS = ("O0", "O1", "O2", "O3")
+AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputePolicy:
+    matmul: object = ms.float32  # dtype the inputs of matmuls are cast to
+    matmul_out: object = ms.float32  # dtype matmul results are left in
+    accurate: object = ms.float32  # LayerNorm and softmax outputs; the internal math of GELU
+    residual: object = ms.float32  # the token stream between blocks
+    cpu_forms: bool = True
+
+    @property
+    def reduced(self):
+        return self.matmul != ms.float32
+
+
+def policy_for(amp_level="O0", amp_dtype="float16", device="CPU"):
+    """The policy of an --amp_level / --amp_dtype pair on a device ('CPU', 'GPU' or 'Ascend')."""
+    if amp_level not in AMP_LEVELS:
+        raise ValueError(f"--amp_level must be one of {', '.join(AMP_LEVELS)} (got {amp_level})")
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"--amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {amp_dtype})")
+    low, full = AMP_DTYPES[amp_dtype], ms.float32
+    dtypes = {"O0": (full, full, full, full), "O1": (low, full, full, full), "O2": (low, low, full, full),
+              "O3": (low, low, low, low)}[amp_level]
+    return ComputePolicy(*dtypes, cpu_forms=device == "CPU")
+
+
+def needs_loss_scaling(amp_level, amp_dtype):
+    """float16 gradients need GradScaler's loss scaling; float32 (O0) and bfloat16 train unscaled, as torch does
+    (upstream's GradScaler disables itself where CUDA autocast is off)."""
+    return amp_level != "O0" and amp_dtype == "float16"
+
+
+class PolicyCell(ms.nn.Cell):
+    """A cell that reads its dtypes and kernel form from a ComputePolicy (float32, CPU forms until told)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_policy(ComputePolicy())
+
+    def set_policy(self, policy):
+        # plain attributes: graph mode folds them as constants (a Python object's fields would not be)
+        self.matmul_dtype = policy.matmul
+        self.matmul_out_dtype = policy.matmul_out
+        self.accurate_dtype = policy.accurate
+        self.residual_dtype = policy.residual
+        self.cpu_forms = policy.cpu_forms
+
+
+def apply_policy(model, policy):
+    """Set `policy` on every PolicyCell of `model`; parameters and their names are untouched."""
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, PolicyCell):
+            cell.set_policy(policy)
+    model.compute_policy = policy
+    return model
+
+
+def cast(x, dtype):
+    """x in dtype; no Cast op when it already is (x.dtype is a compile-time constant in graph mode)."""
+    return x if x.dtype == dtype else x.astype(dtype)
