@@ -7,8 +7,16 @@
 The converted .ckpt is cached (see --cache_dir); later runs and training reuse it without downloading.
 """
 import argparse
-import logging
 import sys
+
+import mindspore as ms
+import numpy as np
+
+import models_vit_mindspore
+from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.hub import PUBLISHED
+from util_mindspore.logs import setup_logging
+from util_mindspore.weights import load_pretrained_weights
 
 
 def get_args_parser():
@@ -31,19 +39,13 @@ def get_args_parser():
     return parser
 
 
-def main(args):
-    import mindspore as ms
-    import numpy as np
-
-    import models_vit_mindspore
-    from util_mindspore import weight_converter as wc
-
-    model_name = args.model or ("RETFound_dinov2" if wc.PUBLISHED.get(args.finetune) == "dinov2" else "RETFound_mae")
+def main(args) -> int:
+    model_name = args.model or ("RETFound_dinov2" if PUBLISHED.get(args.finetune) == "dinov2" else "RETFound_mae")
     model = models_vit_mindspore.create_model(model_name, img_size=args.input_size, num_classes=args.nb_classes,
                                               global_pool=args.global_pool)
-    path = wc.download_and_convert_weights(args.finetune, args.cache_dir, token=args.token, revision=args.revision,
+    path = download_and_convert_weights(args.finetune, args.cache_dir, token=args.token, revision=args.revision,
                                            force=args.force)
-    report = wc.load_pretrained_weights(model, path)  # the .ckpt just made: no second hub request
+    report = load_pretrained_weights(model, path)  # the .ckpt just made: no second hub request
     model.set_train(False)
     batch = np.random.default_rng(0).standard_normal((2, 3, args.input_size, args.input_size)).astype(np.float32)
     logits = model(ms.Tensor(batch))
@@ -57,7 +59,7 @@ def main(args):
 
 if __name__ == "__main__":
     cli_args = get_args_parser().parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     try:
         sys.exit(main(cli_args))
     except (ValueError, KeyError) as exc:  # WeightError is a ValueError; KeyError: unknown --model

@@ -1,19 +1,24 @@
 """One compiled train step, `train_one_epoch` and `evaluate` (upstream engine_finetune.py, for MindSpore)."""
 import json
+import logging
 import math
 import os
 import sys
 import time
+from typing import Optional
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from tqdm import tqdm
 
+from util_mindspore import distributed
 from util_mindspore import metrics as metrics_lib
-from util_mindspore import misc
 from util_mindspore.initializers import written_zeros_like
 from util_mindspore.lr_sched import learning_rate
 from util_mindspore.mixup import one_hot
+
+logger = logging.getLogger("retfound")
 
 
 def _add(a, b):
@@ -42,12 +47,13 @@ class TrainStep(nn.Cell):
     separate compiled graph: a Python bool is a compile-time constant).
 
     `loss_scaling=False` (fp32, amp O0) leaves out the scaling and the finite check, as upstream's GradScaler
-    disables itself where CUDA autocast is off: two fewer passes over 300M gradients, 1.2 s of a ViT-L step
-    on CPU. The `loss_scale.*` Parameters stay, unchanged, so checkpoints keep one layout.
+    disables itself where CUDA autocast is off (two fewer passes over the gradients; docs/PERFORMANCE.md).
+    The `loss_scale.*` Parameters stay, unchanged, so checkpoints keep one layout.
     """
 
-    def __init__(self, model, optimizer, clip_grad=None, accum_iter=1, grad_reducer=None, init_loss_scale=2.0 ** 16,
-                 growth_interval=2000, loss_scaling=True):
+    def __init__(self, model: nn.Cell, optimizer: nn.Cell, clip_grad: Optional[float] = None, accum_iter: int = 1,
+                 grad_reducer: Optional[nn.Cell] = None, init_loss_scale: float = 2.0 ** 16,
+                 growth_interval: int = 2000, loss_scaling: bool = True):
         super().__init__(auto_prefix=False)
         self.loss_scaling = bool(loss_scaling)
         self.model, self.optimizer = model, optimizer
@@ -127,7 +133,6 @@ class _Progress:
         self.total, self.header, self.print_freq, self.bar = total, header, print_freq, None
         self.enabled, self.started, self.count = enabled, time.time(), 0
         if enabled and sys.stdout.isatty():
-            from tqdm import tqdm
             self.bar = tqdm(total=total, desc=header, leave=False)
 
     def update(self, **values):
@@ -139,8 +144,8 @@ class _Progress:
             self.bar.set_postfix_str(text)
             self.bar.update(1)
         elif self.count % self.print_freq == 0 or self.count == self.total:
-            print(f"{self.header} [{self.count}/{self.total}]  {text}  time: {time.time() - self.started:.1f}s",
-                  flush=True)
+            logger.info("%s [%d/%d]  %s  time: %.1fs", self.header, self.count, self.total, text,
+                        time.time() - self.started)
 
     def close(self):
         if self.bar is not None:
@@ -154,7 +159,7 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
     loader.set_epoch(epoch)
     accum_iter = args.accum_iter
     losses, lrs = [], []
-    progress = _Progress(len(loader), f"Epoch: [{epoch}]", misc.is_main_process(args))
+    progress = _Progress(len(loader), f"Epoch: [{epoch}]", distributed.is_main_process(args))
     lr = learning_rate(epoch, args)
     for it, (images, targets, _) in enumerate(loader):
         if it % accum_iter == 0:
@@ -173,9 +178,8 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
         lrs.append(lr)
         progress.update(loss=loss_value, lr=lr)
     progress.close()
-    stats = {"lr": float(np.mean(lrs)), "loss": misc.all_reduce_mean(float(np.mean(losses)), args)}
-    if misc.is_main_process(args):
-        print(f"Averaged stats: lr: {stats['lr']:.6f}  loss: {stats['loss']:.4f}", flush=True)
+    stats = {"lr": float(np.mean(lrs)), "loss": distributed.all_reduce_mean(float(np.mean(losses)), args)}
+    logger.info("Averaged stats: lr: %.6f  loss: %.4f", stats["lr"], stats["loss"])
     return stats, lrs
 
 
@@ -183,7 +187,7 @@ def predict(model, loader, args):
     """Logits, labels and dataset indices for this rank's part of the loader (or all of it)."""
     model.set_train(False)
     logits, labels, indices = [], [], []
-    progress = _Progress(len(loader), "Test:", misc.is_main_process(args), print_freq=10)
+    progress = _Progress(len(loader), "Test:", distributed.is_main_process(args), print_freq=10)
     for images, targets, idx in loader:
         logits.append(model(Tensor(images)).asnumpy().astype(np.float64))
         labels.append(targets)
@@ -195,36 +199,40 @@ def predict(model, loader, args):
             np.concatenate(indices) if indices else np.zeros(0, np.int64))
 
 
-def evaluate(model, loader, args, mode, class_names, epoch=0):
-    """Metrics on one split; rank 0 appends metrics_<mode>.csv and writes predictions_<mode>.csv (and pictures on test).
+def evaluate(model, loader, args, mode, class_names):
+    """Metrics on one split (upstream's, scikit-learn); rank 0 writes them with the predictions (write_evaluation).
 
     With --dist_eval each rank predicts its disjoint slice and the rows are gathered: every image counted once.
     val_loss is the mean cross-entropy over images (upstream averages per-batch means; equal for full batches).
     """
     logits, labels, indices = predict(model, loader, args)
     if args.dist_eval:
-        logits = misc.all_gather_rows(logits, args)
-        labels = misc.all_gather_rows(labels, args)
-        indices = misc.all_gather_rows(indices, args)
+        logits = distributed.all_gather_rows(logits, args)
+        labels = distributed.all_gather_rows(labels, args)
+        indices = distributed.all_gather_rows(indices, args)
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     loss = float(np.mean(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)))) if len(labels) else 0.0
     results = metrics_lib.compute_metrics(labels, probs, loss)
-    if misc.is_main_process(args):
-        out_dir = os.path.join(args.output_dir, args.task)
-        os.makedirs(out_dir, exist_ok=True)
-        metrics_lib.append_metrics_csv(os.path.join(out_dir, f"metrics_{mode}.csv"), results)
+    if distributed.is_main_process(args):
         paths = [loader.dataset.samples[int(i)][0] for i in indices]
-        metrics_lib.write_predictions_csv(os.path.join(out_dir, f"predictions_{mode}.csv"), paths, labels, probs,
-                                          class_names)
-        if mode == "test":
-            metrics_lib.save_confusion_matrix(os.path.join(out_dir, "confusion_matrix_test.jpg"), labels, probs,
-                                              class_names)
-            metrics_lib.save_roc_curves(os.path.join(out_dir, "roc_curves_test.png"), labels, probs, class_names)
-        print(f"[{mode}] {len(labels)} images  loss: {loss:.4f}  accuracy: {results['accuracy']:.4f}  "
-              f"f1: {results['f1']:.4f}  roc_auc: {results['roc_auc']:.4f}  kappa: {results['kappa']:.4f}  "
-              f"score: {results['score']:.4f}", flush=True)
+        write_evaluation(os.path.join(args.output_dir, args.task), mode, results, paths, labels, probs, class_names)
+    logger.info("[%s] %d images  loss: %.4f  accuracy: %.4f  f1: %.4f  roc_auc: %.4f  kappa: %.4f  score: %.4f",
+                mode, len(labels), loss, results["accuracy"], results["f1"], results["roc_auc"], results["kappa"],
+                results["score"])
     return results
+
+
+def write_evaluation(out_dir, mode, results, paths, labels, probs, class_names):
+    """metrics_<mode>.csv (a row appended), predictions_<mode>.csv, and on test the two pictures."""
+    os.makedirs(out_dir, exist_ok=True)
+    metrics_lib.append_metrics_csv(os.path.join(out_dir, f"metrics_{mode}.csv"), results)
+    metrics_lib.write_predictions_csv(os.path.join(out_dir, f"predictions_{mode}.csv"), paths, labels, probs,
+                                      class_names)
+    if mode == "test":
+        metrics_lib.save_confusion_matrix(os.path.join(out_dir, "confusion_matrix_test.jpg"), labels, probs,
+                                          class_names)
+        metrics_lib.save_roc_curves(os.path.join(out_dir, "roc_curves_test.png"), labels, probs, class_names)
 
 
 def append_log(args, row):

@@ -11,9 +11,31 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
+from typing import List, Optional
+
+from mindspore import nn
+
+import engine_finetune_mindspore as engine
+import models_vit_mindspore
+from util_mindspore import compile_cache, device, distributed, train_checkpoint
+from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
+from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.datasets import Loader, build_datasets
+from util_mindspore.errors import WeightError
+from util_mindspore.logs import setup_logging
+from util_mindspore.lr_decay import param_groups_lrd
+from util_mindspore.metrics import save_training_curves
+from util_mindspore.mixup import Mixup
+from util_mindspore.optim import AdamW
+from util_mindspore.seeding import seed_everything
+from util_mindspore.weights import load_arrays_into_model
+
+logger = logging.getLogger("retfound")
+_ENTRY_SCRIPT = False  # set when run as `python main_finetune_mindspore.py`: a fresh process may use the compile cache
 
 
 def get_args_parser():
@@ -116,7 +138,8 @@ def get_args_parser():
     parser.add_argument("--compile_cache_dir", default=None,
                         help="where compiled graphs are kept so the same command does not recompile (default "
                              "$RETFOUND_MS_COMPILE_CACHE or <weights cache>/compile; 'off' disables it)")
-    parser.add_argument("--savemodel", action="store_true", default=True, help="save checkpoints (upstream flag)")
+    parser.add_argument("--savemodel", action="store_true", default=True,
+                        help="save checkpoints (always on: upstream's flag defaults to True too)")
     return parser
 
 
@@ -133,188 +156,161 @@ def check_args(args):
         raise ValueError("; ".join(problems))
 
 
-_ENTRY_SCRIPT = False  # set when run as `python main_finetune_mindspore.py`
-
-# Flags that only name files: two runs that differ in these alone compile the same graphs.
-_NOT_IN_GRAPH = {"output_dir", "log_dir", "task", "finetune", "resume", "weights_cache_dir", "compile_cache_dir",
-                 "data_path", "device_id", "dist_url", "start_epoch"}
-
-
-def compile_cache_root(args):
-    """--compile_cache_dir, else $RETFOUND_MS_COMPILE_CACHE, else <weights cache>/compile; 'off' disables it."""
-    from util_mindspore.weight_converter import default_cache_dir
-    value = args.compile_cache_dir or os.environ.get("RETFOUND_MS_COMPILE_CACHE") or \
-        os.path.join(getattr(args, "weights_cache_dir", None) or default_cache_dir(), "compile")
-    return None if value.lower() == "off" else value
-
-
-def load_resume(args, model, train_step):
-    """Model (and, to continue training, optimizer / loss scale / epoch / best score) from --resume."""
-    from util_mindspore import weight_converter as wc
-    if args.resume.endswith(".ckpt") and os.path.isfile(args.resume):
-        model_arrays, state_arrays, info = wc.read_ckpt(args.resume)
-    else:  # an upstream checkpoint-best.pth: weights only (torch optimizer state is not carried over)
-        path = wc.download_and_convert_weights(args.resume, args.weights_cache_dir)
-        model_arrays, state_arrays, info = wc.read_ckpt(path)
-    report = wc.load_arrays_into_model(model, model_arrays, source=args.resume, keep_head=True)
-    if report.reinitialized or report.missing:
-        raise wc.WeightError(f"{args.resume} does not fit --model {args.model} --nb_classes {args.nb_classes}: "
-                             f"missing {', '.join((report.missing + report.reinitialized)[:4])}")
-    print(f"Resume checkpoint {args.resume}: {report}")
-    if args.eval or train_step is None:
-        return info
-    params = {p.name: p for p in train_step.state_parameters()}
-    import mindspore as ms
-    restored = 0
-    for name, array in state_arrays.items():
-        if name not in params:
-            continue  # e.g. accumulation buffers of a run with another --accum_iter: they start at zero
-        param = params[name]
-        if array.size != param.size:
-            raise wc.WeightError(f"{args.resume}: {name} has shape {array.shape}, this run needs {tuple(param.shape)}")
-        # .ckpt files store scalars as shape (1,): reshape to the parameter's own shape
-        param.set_data(ms.Tensor(array.reshape(param.shape), dtype=param.dtype))
-        restored += 1
-    if info.get("epoch") is not None:
-        args.start_epoch = info["epoch"] + 1
-    print(f"With optim & sched: restored {restored} optimizer / loss-scale tensors; continuing at epoch "
-          f"{args.start_epoch}")
-    return info
-
-
-def main(args):
-    from mindspore import nn
-
-    import models_vit_mindspore
-    from engine_finetune_mindspore import TrainStep, append_log, evaluate, train_one_epoch
-    from util_mindspore import device, misc
-    from util_mindspore import weight_converter as wc
-    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
-    from util_mindspore.datasets import Loader, build_datasets
-    from util_mindspore.lr_decay import param_groups_lrd
-    from util_mindspore.metrics import save_training_curves
-    from util_mindspore.mixup import Mixup
-    from util_mindspore.optim import AdamW
-
-    check_args(args)
+def setup(args):
+    """Device, distributed context, logging and seeds, before any data or model."""
     device.keep_mindspore_files_in(os.path.join(args.output_dir, args.task, "mindspore"))
     device.configure(args)
-    misc.init_distributed_mode(args)
-    main_process = misc.is_main_process(args)
-    if main_process:
-        print(f"job dir: {os.path.dirname(os.path.realpath(__file__))}")
-        print(f"{args}".replace(", ", ",\n"))
-    misc.seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
+    distributed.init_distributed_mode(args)
+    setup_logging(args.rank)
+    logger.info("job dir: %s", os.path.dirname(os.path.realpath(__file__)))
+    logger.info("%s", f"{args}".replace(", ", ",\n"))
+    seed_everything(args.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's)
 
-    splits = ["test"] if args.eval else ["train", "val", "test"]
-    datasets = build_datasets(args, splits)
-    class_names = datasets[splits[0]].classes
-    out_dir = os.path.join(args.output_dir, args.task)
-    # The compile cache: by default only when this file is the entry script (a fresh process: MindSpore numbers
-    # cached graphs in compile order), never under msrun (ranks would share one directory: untested here).
-    use_cache = args.mode == "graph" and not args.distributed and (_ENTRY_SCRIPT or args.compile_cache_dir)
-    # the key: every flag that can shape a graph, and the split sizes (they set the last batch's shape)
-    key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
-    key["split_sizes"] = {name: len(ds) for name, ds in datasets.items()}
-    where = misc.enable_compile_cache(compile_cache_root(args) if use_cache else None, key)
-    if main_process and where:
-        print(f"compile cache: {where}")
-    if main_process:
-        os.makedirs(out_dir, exist_ok=True)
 
+def use_compile_cache(args, datasets):
+    """Only in a fresh process (this file as the entry script, or --compile_cache_dir given), never under msrun."""
+    wanted = args.mode == "graph" and not args.distributed and (_ENTRY_SCRIPT or args.compile_cache_dir)
+    key = compile_cache.graph_key(args, {name: len(ds) for name, ds in datasets.items()})
+    where = compile_cache.enable_compile_cache(compile_cache.cache_root(args) if wanted else None, key)
+    if where:
+        logger.info("compile cache: %s", where)
+
+
+def build_model(args):
+    """The model with --finetune weights (not for --eval: --resume brings them), its trainable part and policy."""
     model = models_vit_mindspore.create_model(args.model, pretrained=None if args.eval else args.finetune,
                                               weights_cache_dir=args.weights_cache_dir, img_size=args.input_size,
                                               num_classes=args.nb_classes, drop_path_rate=args.drop_path,
                                               global_pool=args.global_pool)
-    misc.seed_everything(args.seed + args.rank)  # then per-rank randomness, as upstream seeds
+    seed_everything(args.seed + args.rank)  # then per-rank randomness, as upstream seeds
     if args.adaptation == "lp":
         for name, param in model.parameters_and_names():
             param.requires_grad = name.startswith("head.")
     apply_policy(model, policy_for(args.amp_level, args.amp_dtype, args.device))
-    n_parameters = models_vit_mindspore.num_params(model)
-    if main_process:
-        print(f"Model = {args.model}\nnumber of params (M): {n_parameters / 1e6:.2f}")
+    logger.info("Model = %s\nnumber of params (M): %.2f", args.model, models_vit_mindspore.num_params(model) / 1e6)
+    return model
 
+
+def build_train_step(model, args):
+    """Upstream's lr scaling and layer-wise decay groups, AdamW, and the compiled step."""
     eff_batch_size = args.batch_size * args.accum_iter * args.world_size
     if args.lr is None:
         args.lr = args.blr * eff_batch_size / 256
-    if main_process:
-        print(f"base lr: {args.lr * 256 / eff_batch_size:.2e}")
-        print(f"actual lr: {args.lr:.2e}")
-        print(f"accumulate grad iterations: {args.accum_iter}")
-        print(f"effective batch size: {eff_batch_size}")
-
-    test_loader = Loader(datasets["test"], args.batch_size, train=False, num_workers=args.num_workers,
-                         rank=args.rank if args.dist_eval else 0, world_size=args.world_size if args.dist_eval else 1)
-    if args.eval:
-        load_resume(args, model, None)
-        evaluate(model, test_loader, args, "test", class_names)
-        return 0
-
-    lr_scales, weight_decays, _ = param_groups_lrd(model, args.weight_decay, model.no_weight_decay(), args.layer_decay)
+    logger.info("base lr: %.2e", args.lr * 256 / eff_batch_size)
+    logger.info("actual lr: %.2e", args.lr)
+    logger.info("accumulate grad iterations: %d", args.accum_iter)
+    logger.info("effective batch size: %d", eff_batch_size)
+    lr_scales, weight_decays, groups = param_groups_lrd(model, args.weight_decay, model.no_weight_decay(),
+                                                        args.layer_decay)
+    logger.debug("parameter groups: %s", json.dumps(groups, indent=2))
     optimizer = AdamW(model.trainable_params(), lr_scales, weight_decays)
     grad_reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=args.world_size) \
         if args.distributed else None
-    train_step = TrainStep(model, optimizer, clip_grad=args.clip_grad, accum_iter=args.accum_iter,
-                           grad_reducer=grad_reducer, loss_scaling=needs_loss_scaling(args.amp_level, args.amp_dtype))
-    best_score = -float("inf")
-    if args.resume:
-        info = load_resume(args, model, train_step)
-        if info.get("best_score") is not None:
-            best_score = info["best_score"]
+    return engine.TrainStep(model, optimizer, clip_grad=args.clip_grad, accum_iter=args.accum_iter,
+                            grad_reducer=grad_reducer, loss_scaling=needs_loss_scaling(args.amp_level, args.amp_dtype))
 
+
+def eval_loader(dataset, args):
+    """Every image once: each rank its slice under --dist_eval, else every rank all of them."""
+    return Loader(dataset, args.batch_size, train=False, num_workers=args.num_workers,
+                  rank=args.rank if args.dist_eval else 0, world_size=args.world_size if args.dist_eval else 1)
+
+
+def resume(args, model, train_step=None):
+    """Weights from --resume (our .ckpt, or an upstream .pth: weights only); with a train step, also the optimizer,
+    loss scale and epoch, to continue the run. Returns the best validation score so far."""
+    path = args.resume
+    if not (path.endswith(".ckpt") and os.path.isfile(path)):
+        path = download_and_convert_weights(path, args.weights_cache_dir)
+    checkpoint = train_checkpoint.read_checkpoint(path)
+    report = load_arrays_into_model(model, checkpoint.weights, source=args.resume, keep_head=True)
+    if report.reinitialized or report.missing:
+        raise WeightError(f"{args.resume} does not fit --model {args.model} --nb_classes {args.nb_classes}: "
+                          f"missing {', '.join((report.missing + report.reinitialized)[:4])}")
+    logger.info("Resume checkpoint %s: %s", args.resume, report)
+    if train_step is None:
+        return None
+    restored = train_checkpoint.restore_training_state(checkpoint, train_step, args.resume)
+    if checkpoint.epoch is not None:
+        args.start_epoch = checkpoint.epoch + 1
+    logger.info("With optim & sched: restored %d optimizer / loss-scale tensors; continuing at epoch %d",
+                restored, args.start_epoch)
+    return checkpoint.best_score
+
+
+def train(args, model, train_step, datasets, class_names, best_score):
+    """Upstream's epochs: train, evaluate on val, keep checkpoint-best (by val score) and checkpoint-last."""
+    out_dir = os.path.join(args.output_dir, args.task)
     train_loader = Loader(datasets["train"], args.batch_size, train=True, num_workers=args.num_workers,
                           seed=args.seed, rank=args.rank, world_size=args.world_size)
-    val_loader = Loader(datasets["val"], args.batch_size, train=False, num_workers=args.num_workers,
-                        rank=args.rank if args.dist_eval else 0, world_size=args.world_size if args.dist_eval else 1)
+    val_loader = eval_loader(datasets["val"], args)
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        print("Mixup is activated!")
+        logger.info("Mixup is activated!")
         mixup_fn = Mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
                          args.mixup_mode, args.smoothing, args.nb_classes, seed=args.seed + args.rank)
-
-    print(f"Start training for {args.epochs} epochs")
-    start_time = time.time()
-    log_path = os.path.join(out_dir, "log.txt")
+    n_parameters = models_vit_mindspore.num_params(model)
+    logger.info("Start training for %d epochs", args.epochs)
     for epoch in range(args.start_epoch, args.epochs):
-        train_stats, _ = train_one_epoch(train_step, train_loader, epoch, args, mixup_fn)
-        val_stats = evaluate(model, val_loader, args, "val", class_names, epoch)
-        if main_process:
-            if val_stats["score"] > best_score:
-                best_score = val_stats["score"]
-                misc.save_model(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch, best_score,
-                                class_names, args)
-            misc.save_model(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch, best_score,
-                            class_names, args)
-            append_log(args, {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch,
-                              "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
-                              "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
-            with open(log_path, encoding="utf-8") as fh:
-                save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
-    misc.write_weights_digest(model, args)
-    misc.barrier(args)  # rank 0 has written checkpoint-best before anyone reads it
+        train_stats, _ = engine.train_one_epoch(train_step, train_loader, epoch, args, mixup_fn)
+        val_stats = engine.evaluate(model, val_loader, args, "val", class_names)
+        if not distributed.is_main_process(args):
+            continue
+        if val_stats["score"] > best_score:
+            best_score = val_stats["score"]
+            train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch,
+                                             best_score, class_names, args)
+        train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
+                                         best_score, class_names, args)
+        engine.append_log(args, {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch,
+                                 "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
+                                 "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
+        with open(os.path.join(out_dir, "log.txt"), encoding="utf-8") as fh:
+            save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
 
-    best_path = os.path.join(out_dir, "checkpoint-best.ckpt")
+
+def evaluate_best_on_test(args, model, test_loader, class_names):
+    """After the last epoch, the best checkpoint on test (every rank reads what rank 0 wrote)."""
+    distributed.barrier(args)
+    best_path = os.path.join(args.output_dir, args.task, "checkpoint-best.ckpt")
     if os.path.exists(best_path):
-        model_arrays, _, info = wc.read_ckpt(best_path)
-        wc.load_arrays_into_model(model, model_arrays, source=best_path)
-        if main_process:
-            print(f"Testing with the best checkpoint (epoch {info.get('epoch')}, "
-                  f"val score {info.get('best_score'):.4f})")
-    evaluate(model, test_loader, args, "test", class_names)
-    total_time = str(datetime.timedelta(seconds=int(time.time() - start_time)))
-    if main_process:
-        print(f"Training time {total_time}")
+        best = train_checkpoint.read_checkpoint(best_path)
+        load_arrays_into_model(model, best.weights, source=best_path)
+        logger.info("Testing with the best checkpoint (epoch %s, val score %.4f)", best.epoch, best.best_score)
+    engine.evaluate(model, test_loader, args, "test", class_names)
+
+
+def main(args) -> int:
+    check_args(args)
+    setup(args)
+    datasets = build_datasets(args, ["test"] if args.eval else ["train", "val", "test"])
+    class_names = datasets["test"].classes
+    use_compile_cache(args, datasets)
+    if distributed.is_main_process(args):
+        os.makedirs(os.path.join(args.output_dir, args.task), exist_ok=True)
+    model = build_model(args)
+    test_loader = eval_loader(datasets["test"], args)
+    if args.eval:
+        resume(args, model)
+        engine.evaluate(model, test_loader, args, "test", class_names)
+        return 0
+
+    train_step = build_train_step(model, args)
+    best_score = resume(args, model, train_step) if args.resume else None
+    start_time = time.time()
+    train(args, model, train_step, datasets, class_names, -math.inf if best_score is None else best_score)
+    evaluate_best_on_test(args, model, test_loader, class_names)
+    logger.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
     return 0
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     """Entry point: upstream flags in, outputs written; a clear one-line error and exit 1 for bad input."""
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the weight converter's load report
+    setup_logging()
     try:
         return main(args)
-    except (ValueError, KeyError, FloatingPointError) as exc:  # DataError / WeightError are ValueErrors
+    except (ValueError, KeyError, FloatingPointError) as exc:  # DataError / WeightError / DeviceError: ValueErrors
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 1

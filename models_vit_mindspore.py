@@ -5,9 +5,11 @@ so a converted checkpoint loads by name with no renaming table. The layers (util
 one ComputePolicy: mixed precision as torch autocast, and kernel forms chosen by device.
 """
 import math
+from typing import Optional
 
 import numpy as np
 from mindspore import Parameter, nn, ops
+from mindspore.nn.utils import no_init_parameters
 
 from util_mindspore.compute_policy import PolicyCell, cast
 from util_mindspore.layers import (
@@ -22,8 +24,9 @@ from util_mindspore.layers import (
     split_heads,
     trunc_normal,
 )
+from util_mindspore.weights import load_pretrained_weights
 
-__all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models", "model_config"]
+__all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models"]
 
 
 class PatchEmbed(nn.Cell):
@@ -167,16 +170,12 @@ class VisionTransformer(PolicyCell):
 # --- registry -------------------------------------------------------------------------------------------
 
 _MODELS = {}
-_CONFIGS = {}
 
 
-def register_model(fn=None, **cfg):
-    """Register a model function; cfg holds its defaults (input size, patch) for scripts and tests."""
-    def wrap(f):
-        _MODELS[f.__name__] = f
-        _CONFIGS[f.__name__] = dict(cfg)
-        return f
-    return wrap(fn) if fn is not None else wrap
+def register_model(fn):
+    """Make a model function available to create_model under its own name (upstream's names)."""
+    _MODELS[fn.__name__] = fn
+    return fn
 
 
 def _vit(img_size, num_classes, drop_path_rate, global_pool, overrides, **arch):
@@ -186,14 +185,14 @@ def _vit(img_size, num_classes, drop_path_rate, global_pool, overrides, **arch):
                              global_pool=global_pool, **arch)
 
 
-@register_model(patch_size=16, family="mae")
+@register_model
 def RETFound_mae(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
     """RETFound-MAE encoder: ViT-L/16 (upstream `models_vit.RETFound_mae`)."""
     return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=1024, depth=24,
                 num_heads=16, mlp_ratio=4, qkv_bias=True)
 
 
-@register_model(patch_size=14, family="dinov2")
+@register_model
 def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
     """RETFound-DINOv2 encoder: timm `vit_large_patch14_dinov2.lvd142m` (LayerScale, class token, final norm).
 
@@ -203,20 +202,20 @@ def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_p
                 num_heads=16, mlp_ratio=4, qkv_bias=True, init_values=1e-5)
 
 
-@register_model(patch_size=16, family="mae")
+@register_model
 def vit_tiny_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
     """Small MAE-style ViTs (timm sizes) for CPU experiments and tests."""
     return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=192, depth=12,
                 num_heads=3)
 
 
-@register_model(patch_size=16, family="mae")
+@register_model
 def vit_small_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
     return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=384, depth=12,
                 num_heads=6)
 
 
-@register_model(patch_size=16, family="mae")
+@register_model
 def vit_base_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
     return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=768, depth=12,
                 num_heads=12)
@@ -226,24 +225,15 @@ def list_models():
     return sorted(_MODELS)
 
 
-def model_config(name):
-    """Registered defaults of a model: patch size and family ('mae' or 'dinov2')."""
-    if name not in _MODELS:
-        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    return dict(_CONFIGS[name])
-
-
-def create_model(name, pretrained=None, weights_cache_dir=None, **kwargs):
+def create_model(name: str, pretrained: Optional[str] = None, weights_cache_dir: Optional[str] = None,
+                 **kwargs) -> VisionTransformer:
     """A registered model. With `pretrained` (what --finetune takes: a published name, `org/repo[/file]`, a
     file), its weights are loaded as upstream loads them, and the parameters they replace are never drawn at
-    random: only what the checkpoint lacks (a new head, fc_norm) is. ViT-L from a converted .ckpt: 1.3-2.3 s,
-    against 5.3-11 s to build it at random and load it (two 1.2 GB fills of new memory)."""
-    model_config(name)  # raises the clear error for an unknown name
+    random (building under no_init_parameters): only what the checkpoint lacks (a new head, fc_norm) is."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
     if not pretrained:
         return _MODELS[name](**kwargs)
-    from mindspore.nn.utils import no_init_parameters
-
-    from util_mindspore.weight_converter import load_pretrained_weights
     with no_init_parameters():  # initializers are built (and seeded) as usual, filled only on demand
         model = _MODELS[name](**kwargs)
     load_pretrained_weights(model, pretrained, cache_dir=weights_cache_dir)

@@ -14,8 +14,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import List, Optional
 
+import mindspore as ms
 import numpy as np
+
+import models_vit_mindspore
+from engine_finetune_mindspore import TrainStep
+from util_mindspore import device
+from util_mindspore.ckpt_format import save_arrays_ckpt
+from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
+from util_mindspore.lr_decay import param_groups_lrd
+from util_mindspore.mixup import one_hot
+from util_mindspore.optim import AdamW
+from util_mindspore.seeding import seed_everything
+from util_mindspore.train_checkpoint import read_checkpoint, save_checkpoint
 
 # |logits - float32 logits| <= this * max |float32 logits|: 8 units in the last place of the reduced type
 # (float16 keeps 10 mantissa bits, bfloat16 7). Rounding differences of one unit at each matmul and
@@ -55,14 +68,12 @@ class Report:
 
 
 def build_model(args, pretrained=None):
-    import models_vit_mindspore
     return models_vit_mindspore.create_model(args.model, pretrained=pretrained, img_size=args.input_size,
                                              num_classes=NUM_CLASSES, drop_path_rate=0.0)
 
 
 def reference_forward(args):
     """Child process: the float32 CPU logits of the saved weights on the saved batch."""
-    import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     model = build_model(args, pretrained=os.path.join(args.reference, "weights.ckpt"))
@@ -96,26 +107,16 @@ def _timed(fn, steps):
 
 
 def check(args, report, folder):
-    import mindspore as ms
-
-    from engine_finetune_mindspore import TrainStep
-    from util_mindspore import misc
-    from util_mindspore import weight_converter as wc
-    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
-    from util_mindspore.lr_decay import param_groups_lrd
-    from util_mindspore.mixup import one_hot
-    from util_mindspore.optim import AdamW
-
     policy = policy_for(args.amp_level, args.amp_dtype, args.device)
     low = args.amp_dtype if policy.reduced else "float32"
     report.add("setup", None, f"MindSpore {ms.__version__} on {args.device}, --amp_level {args.amp_level}, "
                               f"{low}, jit_level {args.jit_level or 'default'}, "
                               f"{'CPU' if policy.cpu_forms else 'plain'} kernel forms, {args.model} "
                               f"{args.input_size}px, batch {args.batch_size}")
-    misc.seed_everything(args.seed)
+    seed_everything(args.seed)
     model = apply_policy(build_model(args), policy)
     model.set_train(False)
-    wc.save_arrays_ckpt({n: p.asnumpy() for n, p in model.parameters_and_names()},
+    save_arrays_ckpt({n: p.asnumpy() for n, p in model.parameters_and_names()},
                         os.path.join(folder, "weights.ckpt"))
     images = _images(args, args.seed)
     np.save(os.path.join(folder, "images.npy"), images)
@@ -150,10 +151,11 @@ def check(args, report, folder):
                + ("" if scaling else " (no loss scaling at this setting)"))
 
     path = os.path.join(folder, "checkpoint.ckpt")
-    misc.save_model(path, model, step, 0, 0.0, [f"class_{i}" for i in range(NUM_CLASSES)], args)
+    save_checkpoint(path, model, step, 0, 0.0, [f"class_{i}" for i in range(NUM_CLASSES)], args)
     model.set_train(False)
     trained = model(ms.Tensor(images)).asnumpy()
-    arrays, state, _ = wc.read_ckpt(path)
+    saved = read_checkpoint(path)
+    arrays, state = saved.weights, saved.state
     same = all(np.array_equal(arrays[n], p.asnumpy()) for n, p in model.parameters_and_names())
     reloaded = apply_policy(build_model(args, pretrained=path), policy)
     reloaded.set_train(False)
@@ -170,11 +172,10 @@ def check(args, report, folder):
     report.add("train speed", None, f"{args.batch_size / train:.2f} img/s ({train * 1000:.0f} ms per step)")
 
 
-def run(argv=None):
+def run(argv: Optional[List[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.reference:
         return reference_forward(args)
-    from util_mindspore import device
     report = Report()
     try:
         with tempfile.TemporaryDirectory(prefix="retfound_selfcheck_") as folder:

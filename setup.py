@@ -14,7 +14,7 @@ RUNTIME = [
     "tqdm>=4.60,<5",
     "safetensors>=0.4,<1",
     "filelock>=3.10,<5",
-    "zlib-ng>=0.4,<2",  # fast CRC-32 checks of .pth storages (weight_converter)
+    "zlib-ng>=0.4,<2",  # fast CRC-32 checks of .pth storages (conversion)
 ]
 # torch is never needed at run time: the converter has a torch-free .pth reader.
 TORCH = ["torch==2.14.1"]

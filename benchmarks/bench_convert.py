@@ -25,7 +25,7 @@ if {block_torch!r}:
     sys.modules["torch"] = None
 what, src, dst = sys.argv[1:4]
 if what == "convert":
-    from util_mindspore.weight_converter import download_and_convert_weights
+    from util_mindspore.conversion import download_and_convert_weights
 start = time.perf_counter()
 if what == "copy":
     shutil.copyfile(src, dst)

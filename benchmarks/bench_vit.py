@@ -33,14 +33,13 @@ def run_mindspore(args, images, labels):
 
     import models_vit_mindspore
     from engine_finetune_mindspore import TrainStep
-    from main_finetune_mindspore import compile_cache_root
+    from util_mindspore.compile_cache import cache_root, enable_compile_cache
     from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
     from util_mindspore.lr_decay import param_groups_lrd
-    from util_mindspore.misc import enable_compile_cache
     from util_mindspore.mixup import one_hot
     from util_mindspore.optim import AdamW
     ms.set_context(mode=ms.GRAPH_MODE)
-    enable_compile_cache(compile_cache_root(args), key={k: v for k, v in vars(args).items() if k != "steps"})
+    enable_compile_cache(cache_root(args), key={k: v for k, v in vars(args).items() if k != "steps"})
     model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
                                               drop_path_rate=0.1 if args.mode == "train" else 0.0)
     apply_policy(model, policy_for(args.amp_level, "float16", "CPU"))

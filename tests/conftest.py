@@ -48,3 +48,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("parity figures (max |diff| against the PyTorch reference)")
         for what, value in FIGURES:
             terminalreporter.write_line(f"{what:<70} {value:.3e}")
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A loopback HuggingFace hub (gated repos accept helpers.TOKEN), used as HF_ENDPOINT for the test."""
+    from tests.helpers import TOKEN
+    from tests.hf_server import FakeHub, use_endpoint
+
+    with FakeHub(token=TOKEN) as server:
+        use_endpoint(monkeypatch, server.endpoint)
+        yield server

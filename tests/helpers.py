@@ -8,6 +8,7 @@ from PIL import Image
 from util_mindspore import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "hf_test_token"  # what the loopback hub (tests/hf_server.py, the `hub` fixture) accepts for gated repos
 
 
 def read_metrics(path):
@@ -34,3 +35,11 @@ def small_argv(data, out, epochs=3, extra=()):
     return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
             "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
             "--output_dir", out, "--task", "t", "--num_workers", "2", *extra]
+
+
+def publish(hub, tmp_path, name, writer, **kwargs):
+    """Write a checkpoint with `writer` and serve it from the loopback hub as YukunZhou/<name>/<name>.pth."""
+    path = str(tmp_path / f"{name}.pth")
+    writer(path, **kwargs)
+    hub.add(f"YukunZhou/{name}", f"{name}.pth", path, gated=True)
+    return path

@@ -37,7 +37,8 @@ def msrun_run(tmp_path_factory):
     with FakeHub(token="hf_test_token") as hub:
         hub.add("YukunZhou/RETFound_mae_meh", "RETFound_mae_meh.pth", pth, gated=True)
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_TOKEN="hf_test_token", HF_HUB_CACHE=str(tmp / "hf"),
-                   RETFOUND_MS_CACHE=str(tmp / "weights"), RETFOUND_MS_DIGEST_DIR=str(tmp / "digests"))
+                   RETFOUND_MS_CACHE=str(tmp / "weights"), RETFOUND_TEST_DIGEST_DIR=str(tmp / "digests"),
+                   PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests", "msrun_hooks"), ROOT]))
         command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
                    f"--log_dir={tmp / 'logs'}", "--join=True", os.path.join(ROOT, "main_finetune_mindspore.py"),
                    "--model", "vit_tiny_patch16", "--finetune", "RETFound_mae_meh", "--data_path", data,

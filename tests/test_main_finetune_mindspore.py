@@ -14,8 +14,9 @@ import engine_finetune_mindspore
 import main_finetune_mindspore
 from tests.helpers import make_dataset, read_metrics, small_argv
 from util_mindspore import metrics as metrics_lib
-from util_mindspore import misc
-from util_mindspore import weight_converter as wc
+from util_mindspore import train_checkpoint
+from util_mindspore.train_checkpoint import read_checkpoint
+from util_mindspore.weights import load_pretrained_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +98,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     data = make_dataset(tmp_path / "data")
     seen = {}
     original_train = engine_finetune_mindspore.train_one_epoch
-    original_save = misc.save_model
+    original_save = train_checkpoint.save_checkpoint
 
     def recording_train(train_step, loader, epoch, args, mixup_fn=None):
         if seen.get("interrupt_at") == epoch:
@@ -112,7 +113,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
             shutil.copy(path, path.replace(".ckpt", f"-epoch{epoch}.ckpt"))
 
     monkeypatch.setattr(engine_finetune_mindspore, "train_one_epoch", recording_train)
-    monkeypatch.setattr(misc, "save_model", copying_save)
+    monkeypatch.setattr(train_checkpoint, "save_checkpoint", copying_save)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     assert main_finetune_mindspore.run(small_argv(data, whole)) == 0
     seen["interrupt_at"] = 1
@@ -125,9 +126,10 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     assert sorted(seen[broken]) == [0, 1, 2]
     for epoch in (1, 2):
         assert seen[broken][epoch] == seen[whole][epoch]  # the same lr at every iteration
-    _, state_whole, info_whole = wc.read_ckpt(os.path.join(whole, "t", "checkpoint-last-epoch1.ckpt"))
-    _, state_resumed, info_resumed = wc.read_ckpt(last.replace(".ckpt", "-epoch1.ckpt"))
-    assert info_whole["epoch"] == info_resumed["epoch"] == 1
+    at_whole = read_checkpoint(os.path.join(whole, "t", "checkpoint-last-epoch1.ckpt"))
+    at_resumed = read_checkpoint(last.replace(".ckpt", "-epoch1.ckpt"))
+    assert at_whole.epoch == at_resumed.epoch == 1
+    state_whole, state_resumed = at_whole.state, at_resumed.state
     assert set(state_whole) == set(state_resumed) and "optimizer.step" in state_whole
     for name, array in state_whole.items():
         np.testing.assert_allclose(state_resumed[name], array, rtol=1e-5, atol=1e-9, err_msg=name)
@@ -169,7 +171,6 @@ def test_a_resume_checkpoint_that_does_not_fit_is_refused(tmp_path):
     ckpt = str(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
     # our training checkpoint is also a clean --finetune source: optimizer state is not "unexpected"
     import models_vit_mindspore
-    from util_mindspore.weight_converter import load_pretrained_weights
     report = load_pretrained_weights(models_vit_mindspore.create_model("vit_tiny_patch16", img_size=32, num_classes=3),
                                      ckpt)
     assert report.missing == report.unexpected == report.reinitialized == [] and len(report.loaded) == 152
@@ -190,8 +191,9 @@ def test_linear_probe_trains_only_the_head(tmp_path):
     out = tmp_path / "lp"
     assert main_finetune_mindspore.run(small_argv(data, str(out), epochs=2,
                                                   extra=["--adaptation", "lp", "--finetune", first])) == 0
-    before, _, _ = wc.read_ckpt(first)
-    after, state, _ = wc.read_ckpt(os.path.join(out, "t", "checkpoint-last.ckpt"))
+    before = read_checkpoint(first).weights
+    last = read_checkpoint(os.path.join(out, "t", "checkpoint-last.ckpt"))
+    after, state = last.weights, last.state
     changed = sorted(k for k in before if not np.array_equal(before[k], after[k]))
     assert changed == ["head.bias", "head.weight"]
     assert sorted(k for k in state if k.startswith("optimizer.exp_avg.")) == [
@@ -233,7 +235,8 @@ def test_mixed_precision_trains_evaluates_and_resumes_across_levels(tmp_path, le
     assert main_finetune_mindspore.run(small_argv(data, str(trained), epochs=2, extra=[
         "--amp_level", level, "--drop_path", "0.1"])) == 0  # drop path in float16 too
     best, last = trained / "t" / "checkpoint-best.ckpt", trained / "t" / "checkpoint-last.ckpt"
-    weights, state, info = wc.read_ckpt(str(best))
+    saved = read_checkpoint(str(best))
+    weights, state = saved.weights, saved.state
     names = {n for n, _ in models_vit_mindspore.create_model("vit_tiny_patch16", img_size=32,
                                                             num_classes=3).parameters_and_names()}
     assert set(weights) == names and all(a.dtype == np.float32 for a in weights.values())
@@ -250,8 +253,8 @@ def test_mixed_precision_trains_evaluates_and_resumes_across_levels(tmp_path, le
     assert main_finetune_mindspore.run(small_argv(data, str(resumed), epochs=3, extra=[
         "--resume", str(resumed / "t" / "checkpoint-last.ckpt"), "--amp_level", "O0"])) == 0
     assert [json.loads(line)["epoch"] for line in open(resumed / "t" / "log.txt")] == [0, 1, 2]
-    _, resumed_state, resumed_info = wc.read_ckpt(str(resumed / "t" / "checkpoint-last.ckpt"))
-    assert resumed_info["epoch"] == 2 and set(resumed_state) == set(wc.read_ckpt(str(last))[1])
+    continued = read_checkpoint(str(resumed / "t" / "checkpoint-last.ckpt"))
+    assert continued.epoch == 2 and set(continued.state) == set(read_checkpoint(str(last)).state)
 
     if level == "O2":
         back = tmp_path / "back"

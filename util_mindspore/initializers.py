@@ -1,10 +1,9 @@
 """Initializers that fill a parameter's own array on several threads: the weights and optimizer moments of ViT-L.
 
 MindSpore creates a Parameter from an Initializer by allocating a numpy array and passing it to the initializer,
-then sharing it (no copy). A fresh array costs its first writes page by page; on this VM one thread wrote 2.4 GB
-of new zeros in 1-5 s, two threads in 0.3-0.4 s (alone; 4.5 s right after MindSpore's start-up). Large arrays are
-therefore filled in a fixed number of chunks (fixed so that results do not depend on the core count) on a small
-thread pool.
+then sharing it (no copy). A fresh array costs its first writes page by page, and two threads write it several
+times faster than one. Large arrays are therefore filled in a fixed number of chunks (fixed so that results do
+not depend on the core count) on a small thread pool.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +32,9 @@ def fill_in_chunks(fill, arr):
 class TruncNormal(Initializer):
     """timm's trunc_normal_(std, a, b) (absolute bounds), from numpy's global seed.
 
-    MindSpore's TruncatedNormal initializer takes 15.6 s for ViT-L's 300M weights on this CPU, numpy's Generator
-    3.5 s on one core; here each chunk has a generator of its own (1.8 s on 2 cores). The seed is taken from
-    np.random when the initializer is made, so weights follow np.random.seed (util_mindspore.misc.seed_everything)
+    Much faster than MindSpore's TruncatedNormal initializer for ViT-L's 300M weights; each chunk has a numpy
+    generator of its own. The seed is taken from
+    np.random when the initializer is made, so weights follow np.random.seed (util_mindspore.seeding.seed_everything)
     and every rank of a data-parallel run builds the same ones, on any machine.
     """
 
@@ -63,8 +62,8 @@ class WrittenZeros(Initializer):
 
     For buffers that kernels read before they write them (Adam moments, gradient accumulators). The CPU Adam
     kernel reads each moment before writing it. On untouched pages the read maps the kernel's shared
-    zero page, and the write then copies it and flushes the TLB on every core, page by page: that was 10 of the
-    18 s of the first ViT-L train step (perf: do_wp_page under AdamFp32). Written here: 0.4-4.5 s for 2.4 GB.
+    zero page, and the write then copies it and flushes the TLB on every core, page by page: most of the first
+    ViT-L train step (docs/PERFORMANCE.md).
     """
 
     def _initialize(self, arr):

@@ -127,10 +127,11 @@ class DropPath(PolicyCell):
         if self.drop_prob == 0.0 or not self.training:
             return x
         b = x.shape[0]
-        mask = ops.floor(self.keep_prob + ops.rand((b, 1, 1), dtype=x.dtype))
+        # drawn in float32 (not every backend draws reduced types), then in x's dtype as timm's mask is
+        mask = ops.floor(self.keep_prob + ops.rand((b, 1, 1), dtype=ms.float32))
         if self.keep_prob > 0.0:
             mask = mask / self.keep_prob
-        mask = ops.stop_gradient(mask)
+        mask = ops.stop_gradient(cast(mask, x.dtype))
         if self.cpu_forms:
             return self.matmul(mask, x.reshape(b, 1, -1)).reshape(x.shape)
         return x * mask
@@ -160,8 +161,7 @@ class LayerScale(PolicyCell):
 class PatchProjection(PolicyCell):
     """torch's Conv2d(kernel=stride=patch) with a bias; the parameters keep the conv's shape.
 
-    CPU form: a matmul over flattened patches (the same sums in another order); the CPU Conv2d kernel took a
-    third of a ViT-L forward.
+    CPU form: a matmul over flattened patches (the same sums in another order); the CPU Conv2d kernel is slow.
     """
 
     def __init__(self, in_chans, embed_dim, patch_size):

@@ -10,7 +10,7 @@ METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard",
 
 def compute_metrics(labels, probs, loss):
     """Upstream's metrics from true labels and softmax probabilities; score = (F1 + ROC-AUC + kappa) / 3."""
-    # imported here: scikit-learn costs 0.7 s of every start-up, and training needs it only after an epoch
+    # imported here: scikit-learn is slow to import, and training needs it only after the first epoch
     from sklearn.metrics import (
         accuracy_score,
         average_precision_score,

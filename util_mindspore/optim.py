@@ -6,12 +6,10 @@ torch.optim.AdamW (upstream's optimizer) does, per step t with bc1 = 1 - beta1^t
 The fused `ops.Adam` kernel takes beta1^t and beta2^t and applies p -= lr sqrt(bc2) / bc1 * m / (sqrt(v) + eps'),
 which is the same last line with eps' = eps * sqrt(bc2); the decay runs before it, as torch's does.
 The decay runs in place as ApplyGradientDescent(p, lr * wd, p), i.e. p -= lr wd p (a multiply and an assign
-would hold a parameter-sized temporary each: +1.7 GB for ViT-L). On CPU these two kernels take a third of the
-time of the fused `AdamWeightDecay` used before (profiled: 78 against 212 ms per step for 51M parameters;
-AdamWeightDecay also lacks bias correction, so it needed lr, eps and decay rescaled each step). The optimizer
-was the largest cost of a ViT-L train step after the matmuls.
-(`nn.AdamWeightDecay` lacks bias correction and uses eps 1e-6; `experimental.optim.AdamW` matches torch but
-needs > 20 GB for ViT-L on CPU.) lr comes in as a tensor each step, so the schedule never recompiles.
+would hold a parameter-sized temporary each). These two kernels are faster on CPU than the fused
+`AdamWeightDecay`, which also lacks bias correction and uses eps 1e-6; `experimental.optim.AdamW` matches torch
+but runs out of memory for ViT-L on CPU (figures in docs/PERFORMANCE.md). lr comes in as a tensor each step, so
+the schedule never recompiles.
 """
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops

@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 
-try:  # zlib-ng's CRC-32 uses carry-less multiply: 19 GB/s here against zlib 1.2's 2.6 GB/s (ViT-L: 0.06 s, not 0.5 s)
+try:  # zlib-ng's CRC-32 uses carry-less multiply: several times faster than zlib 1.2's
     from zlib_ng.zlib_ng import crc32
 except ImportError:  # a platform without its wheel: the same sums, slower
     from zlib import crc32

@@ -1,0 +1,122 @@
+"""Loading into a model: published checkpoints against upstream's loading, strict reports, lazy init."""
+import json
+import time
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+import models_vit_mindspore as M
+from tests.helpers import TOKEN, publish
+from tests.parity import ms_logits, random_images, record, set_mode
+from util_mindspore import initializers
+from util_mindspore.conversion import CONVERTER_VERSION, download_and_convert_weights
+from util_mindspore.errors import WeightError
+from util_mindspore.weights import load_pretrained_weights
+
+torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
+pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
+from tests import checkpoint_layouts as layouts  # noqa: E402
+from tests.torch_reference import create_reference  # noqa: E402
+
+
+def same_random_head(ref, ours):
+    """Both sides re-draw the head (std 2e-5, logits near 0); give both one larger head so logits mean something."""
+    rng = np.random.default_rng(8)
+    weight = (0.05 * rng.standard_normal(tuple(ref.head.weight.shape))).astype(np.float32)
+    bias = (0.05 * rng.standard_normal(tuple(ref.head.bias.shape))).astype(np.float32)
+    ours.head.weight.set_data(ms.Tensor(weight))
+    ours.head.bias.set_data(ms.Tensor(bias))
+    with torch.no_grad():
+        ref.head.weight.copy_(torch.from_numpy(weight))
+        ref.head.bias.copy_(torch.from_numpy(bias))
+    return ref
+
+
+def assert_logits_equal(ours, ref, size, what):
+    images = random_images(2, size, seed=21)
+    with torch.no_grad():
+        expected = ref.eval()(torch.from_numpy(images)).numpy()
+    diff = np.abs(ms_logits(ours, images) - expected).max()
+    record(what, diff)
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_mae_published_checkpoint_downloads_once_converts_once_and_matches_upstream(hub, tmp_path, size):
+    set_mode("pynative")
+    path = publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    ours = M.create_model("vit_tiny_patch16", img_size=size, num_classes=3)
+    report = load_pretrained_weights(ours, "RETFound_mae_meh", token=TOKEN)
+    assert hub.gets() == 1
+    assert set(report.missing) == {"fc_norm.weight", "fc_norm.bias"}
+    assert set(report.reinitialized) == {"head.weight", "head.bias"}
+    assert "norm.weight" in report.unexpected and not any(k.startswith("decoder") for k in report.unexpected)
+    assert bool(report.interpolated) == (size != 224)
+    ours.set_train(False)
+    ref = layouts.upstream_load(create_reference("vit_tiny_patch16", img_size=size, num_classes=3), path)
+    assert_logits_equal(ours, same_random_head(ref, ours), size, f"converted MAE layout (tiny) at {size}px")
+
+    started = time.time()
+    again = download_and_convert_weights("RETFound_mae_meh", token=TOKEN)
+    assert time.time() - started < 1.0
+    assert hub.gets() == 1  # a cache hit: a HEAD to check the ETag, no GET, no conversion
+    meta = json.load(open(again[:-len(".ckpt")] + ".json"))
+    assert meta["layout"] == "mae" and meta["converter_version"] == CONVERTER_VERSION
+    assert len(meta["source_sha256"]) == 64 and meta["repo_id"] == "YukunZhou/RETFound_mae_meh"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_dinov2_teacher_518_to_224_matches_upstream(hub, tmp_path, chunked):
+    set_mode("pynative")
+    name = "RETFound_dinov2_shanghai" if chunked else "RETFound_dinov2_meh"
+    publish(hub, tmp_path, name, layouts.dinov2_pretrained, chunked=chunked, depth=4)
+    plain = str(tmp_path / "plain.pth")
+    layouts.dinov2_pretrained(plain, chunked=False, depth=4)  # upstream cannot read chunks: compare to plain
+    ours = M.create_model("RETFound_dinov2", img_size=224, num_classes=3, depth=4)
+    report = load_pretrained_weights(ours, name, token=TOKEN)
+    assert report.missing == [] and report.interpolated and set(report.reinitialized) == {"head.weight", "head.bias"}
+    ours.set_train(False)
+    ref = layouts.upstream_load(create_reference("RETFound_dinov2", img_size=224, num_classes=3, depth=4), plain)
+    assert_logits_equal(ours, same_random_head(ref, ours), 224,
+                        f"converted DINOv2 teacher 518->224 (depth 4){' chunked' if chunked else ''}")
+
+
+def test_create_model_pretrained_draws_only_what_the_checkpoint_lacks(tmp_path, monkeypatch):
+    """create_model(pretrained=...) gives the model that building and then loading gives, seed for seed,
+    without filling the loaded parameters with random values first."""
+    path = str(tmp_path / "mae.pth")
+    layouts.mae_pretrained(path)
+    kwargs = dict(img_size=32, num_classes=3, global_pool=True)
+    np.random.seed(5)
+    eager = M.create_model("vit_tiny_patch16", **kwargs)
+    load_pretrained_weights(eager, path, cache_dir=str(tmp_path / "cache"))
+    filled, initialize = [], initializers.TruncNormal._initialize
+    monkeypatch.setattr(initializers.TruncNormal, "_initialize", lambda self, arr: filled.append(arr.shape)
+                        or initialize(self, arr))
+    np.random.seed(5)
+    lazy = M.create_model("vit_tiny_patch16", pretrained=path, weights_cache_dir=str(tmp_path / "cache"), **kwargs)
+    assert filled == [(3, 192)]  # the new head only
+    expected = dict(eager.parameters_and_names())
+    for name, param in lazy.parameters_and_names():
+        assert not param.has_init, name
+        np.testing.assert_array_equal(param.asnumpy(), expected[name].asnumpy(), err_msg=name)
+
+
+def test_upstream_finetuned_checkpoint_keeps_its_head_and_matches(tmp_path):
+    set_mode("pynative")
+    path = str(tmp_path / "checkpoint-best.pth")
+    ref = layouts.finetuned(path, num_classes=3)
+    ours = M.create_model("vit_tiny_patch16", img_size=224, num_classes=3)
+    report = load_pretrained_weights(ours, path)
+    assert report.missing == [] and report.unexpected == [] and report.reinitialized == []
+    ours.set_train(False)
+    assert_logits_equal(ours, ref, 224, "upstream fine-tuned checkpoint-best.pth (tiny)")
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
+    path = str(tmp_path / "dino.pth")
+    layouts.dinov2_pretrained(path, depth=2)
+    model = M.create_model("vit_tiny_patch16", img_size=224, num_classes=3)
+    with pytest.raises(WeightError, match=r"does not fit this model.*cls_token \(1, 1, 1024\)"):
+        load_pretrained_weights(model, path)

@@ -1,0 +1,241 @@
+"""MindSpore .ckpt files written and read as a stream, with the bytes ms.save_checkpoint writes.
+
+A .ckpt is a protobuf `Checkpoint` (mindspore/train/checkpoint.proto) written as one message per tensor:
+  Checkpoint.value(1) { tag(1): name, tensor(2) { dims(1): int64 each, tensor_type(2): "Float32", content(3) } }
+ms.save_checkpoint copies every tensor on its way to disk and ms.load_checkpoint parses it into Python bytes;
+these write and read the same bytes straight from and into numpy (tests check byte equality with
+ms.save_checkpoint and agreement with ms.load_checkpoint). Anything else (encrypted, CRC trailer, map tensors)
+is left to ms.load_checkpoint.
+"""
+import errno
+import os
+import typing
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from util_mindspore.errors import WeightError, first_line
+
+_CKPT_TYPES = {"float32": "Float32", "float16": "Float16", "float64": "Float64", "int8": "Int8", "int16": "Int16",
+               "int32": "Int32", "int64": "Int64", "uint8": "UInt8", "bool": "Bool"}
+_CKPT_DTYPES = {v: np.dtype(k) for k, v in _CKPT_TYPES.items()}
+_CKPT_SLICE = 512 << 20  # ms.save_checkpoint splits a tensor's bytes into messages of at most this size
+CKPT_WRITE_AHEAD = 2  # save_arrays_ckpt draws at most this many items beyond the last one fully written
+
+
+def _varint(n):
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_field(number, length):
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _ckpt_message_head(name, dims, type_name, content_len):
+    """Everything of one Checkpoint message before its tensor bytes."""
+    tag = name.encode()
+    tensor = b"".join(_varint(1 << 3) + _varint(d) for d in dims) + _len_field(2, len(type_name)) + \
+        type_name.encode() + _len_field(3, content_len)
+    value = _len_field(1, len(tag)) + tag + _len_field(2, len(tensor) + content_len) + tensor
+    return _len_field(1, len(value) + content_len) + value
+
+
+def _ckpt_entry(value):
+    """(dims, type name, bytes view) as ms.save_checkpoint stores an array, a str, an int or a float."""
+    if isinstance(value, str):  # MindSpore keeps strings as numpy unicode (UTF-32) with dims [0]
+        return [0], "str", memoryview(np.array(value).tobytes())
+    if isinstance(value, bool):  # as ms.Tensor(value) types Python scalars
+        value = np.array(value, np.bool_)
+    elif isinstance(value, int):
+        value = np.array(value, np.int64)
+    elif isinstance(value, float):
+        value = np.array(value, np.float32)
+    array = np.asarray(value)  # not ascontiguousarray: it turns a scalar into shape (1,)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    if array.dtype.name not in _CKPT_TYPES:
+        raise WeightError(f"cannot store a {array.dtype} array in a .ckpt")
+    return list(array.shape), _CKPT_TYPES[array.dtype.name], memoryview(array.reshape(-1)).cast("B")
+
+
+class FileExtent(typing.NamedTuple):
+    """A float32 C-order tensor whose bytes lie in an open file as they are: the .ckpt writer copies them there
+    in the kernel (as a file copy does) instead of reading them into memory and writing them out again."""
+    file: typing.BinaryIO
+    offset: int
+    shape: tuple
+
+
+# errors that say the kernel cannot copy between these two files (old kernel, other OS, filesystem pair)
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def _copy_extent(src_fd, offset, count, dst_fd):
+    """Copy `count` bytes at `offset` to dst's position: copy_file_range, or pread / write where it fails."""
+    kernel = hasattr(os, "copy_file_range")
+    while count > 0:
+        done = 0
+        if kernel:
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, count, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_COPY_RANGE:
+                    raise
+                kernel = False
+        if not kernel:
+            done = os.write(dst_fd, os.pread(src_fd, min(count, 16 << 20), offset))
+        if done == 0:
+            raise OSError(f"source file ended {count} bytes early")
+        offset, count = offset + done, count - done
+
+
+def _write_all(fh, data):
+    view = memoryview(data)
+    while view:  # an unbuffered write may take less than it was given
+        view = view[fh.write(view):]
+
+
+def _write_ckpt_entry(fh, name, value):
+    if isinstance(value, FileExtent):
+        dims, type_name, nbytes = list(value.shape), "Float32", 4 * int(np.prod(value.shape, dtype=np.int64))
+    else:
+        dims, type_name, data = _ckpt_entry(value)
+        nbytes = len(data)
+    for start in range(0, max(nbytes, 1), _CKPT_SLICE):
+        count = min(_CKPT_SLICE, nbytes - start)
+        _write_all(fh, _ckpt_message_head(name, dims, type_name, count))
+        if isinstance(value, FileExtent):
+            _copy_extent(value.file.fileno(), value.offset + start, count, fh.fileno())
+        else:
+            _write_all(fh, data[start:start + count])
+
+
+def save_arrays_ckpt(arrays, path, append_dict=None):
+    """Write name -> array (then append_dict's str / int / float) as a MindSpore .ckpt via a temp file.
+
+    The bytes are those ms.save_checkpoint writes; a crash never leaves half a file under `path`. `arrays` may
+    be a dict or an iterable of (name, array or FileExtent) pairs: a generator that reads tensors one by one
+    overlaps its reading with the writing, done by a second thread (both release the GIL), and never holds
+    them all. When the generator draws item k, items up to k - CKPT_WRITE_AHEAD - 1 are written: their memory
+    may be reused. An exception from the generator leaves nothing behind.
+    """
+    tmp = f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
+    pairs = arrays.items() if isinstance(arrays, dict) else arrays
+    try:
+        # unbuffered: _copy_extent writes at the file descriptor's position, behind any Python buffer
+        with open(tmp, "wb", buffering=0) as fh, ThreadPoolExecutor(1) as writer:
+            pending = []
+            for name, value in pairs:
+                pending.append(writer.submit(_write_ckpt_entry, fh, name, value))
+                if len(pending) > CKPT_WRITE_AHEAD:  # bounded read-ahead
+                    pending.pop(0).result()
+            for name, value in (append_dict or {}).items():
+                pending.append(writer.submit(_write_ckpt_entry, fh, name, value))
+            for future in pending:
+                future.result()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class _NotPlainCkpt(Exception):
+    """The file uses a .ckpt feature the streamed reader leaves to ms.load_checkpoint."""
+
+
+def _read_varint(buf, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise _NotPlainCkpt("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _read_len_field(buf, pos, number, available=None):
+    """(start, end) of a length-delimited field; `available`: bytes that exist from buf[0] on (default len(buf))."""
+    key, pos = _read_varint(buf, pos)
+    if key != (number << 3 | 2):
+        raise _NotPlainCkpt(f"unexpected field {key >> 3} (wire type {key & 7})")
+    length, pos = _read_varint(buf, pos)
+    if pos + length > (len(buf) if available is None else available):
+        raise _NotPlainCkpt("truncated message")
+    return pos, pos + length
+
+
+def _read_plain_ckpt(path):
+    """name -> numpy array or str from a .ckpt of plain tensors (see the block comment above).
+
+    Each message head is parsed from a small read; the tensor bytes are read straight into their array.
+    """
+    chunks, meta = {}, {}
+    size = os.path.getsize(path)
+    if size == 0:
+        raise _NotPlainCkpt("empty file")
+    with open(path, "rb") as fh:
+        pos = 0
+        while pos < size:
+            fh.seek(pos)
+            head = fh.read(4096)
+            try:
+                start, end = _read_len_field(head, 0, 1, size - pos)  # Checkpoint.value
+                tag_start, tag_end = _read_len_field(head, start, 1)
+                name = head[tag_start:tag_end].decode()
+                t_start, t_end = _read_len_field(head, tag_end, 2, size - pos)  # a map tensor is field 3
+                dims, p = [], t_start
+                while head[p] == 0x08:  # dims, unpacked int64
+                    d, p = _read_varint(head, p + 1)
+                    dims.append(d)
+                type_start, type_end = _read_len_field(head, p, 2)
+                c_start, c_end = _read_len_field(head, type_end, 3, size - pos)
+            except IndexError:
+                raise _NotPlainCkpt("message head too long") from None
+            if t_end != end or c_end != t_end:
+                raise _NotPlainCkpt("extra fields in a value")
+            meta[name] = (dims, head[type_start:type_end].decode())
+            content = np.empty(c_end - c_start, np.uint8)
+            fh.seek(pos + c_start)
+            if fh.readinto(content) != len(content):
+                raise _NotPlainCkpt("truncated tensor")
+            chunks.setdefault(name, []).append(content)
+            pos += end
+    out = {}
+    for name, (dims, type_name) in meta.items():
+        parts = chunks[name]
+        if type_name == "str":
+            raw = b"".join(part.tobytes() for part in parts)
+            out[name] = str(np.frombuffer(raw, dtype=f"<U{max(len(raw) // 4, 1)}")[0])
+            continue
+        if type_name not in _CKPT_DTYPES:
+            raise _NotPlainCkpt(f"tensor type {type_name}")
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out[name] = data.view(_CKPT_DTYPES[type_name]).reshape(dims)
+    return out
+
+
+def read_ckpt_entries(path):
+    """name -> numpy array or str: our streamed reader, or ms.load_checkpoint for files it does not handle."""
+    try:
+        return _read_plain_ckpt(path)
+    except (_NotPlainCkpt, ValueError):  # ValueError: a name or type that is not UTF-8
+        return _load_with_mindspore(path)
+    except OSError as exc:
+        raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
+
+
+def _load_with_mindspore(ckpt_path):
+    import mindspore as ms
+    try:
+        loaded = ms.load_checkpoint(ckpt_path)
+    except Exception as exc:
+        raise WeightError(f"{ckpt_path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
+    return {k: v if isinstance(v, str) else v.asnumpy() for k, v in loaded.items()}

@@ -1,0 +1,61 @@
+"""MindSpore's compile cache, in a directory of its own for each version of our code and each graph shape.
+
+MindSpore re-checks only the scripts outside sys.path, and an installed project is inside it: left alone it would
+load a graph compiled from an older models_vit_mindspore.py. So the directory name hashes the MindSpore version,
+every source file of ours and the settings that shape the graphs; any change compiles afresh into a new
+directory. MindSpore numbers cached graphs in compile order within a process, so only the first run of a process
+uses the cache (a second in-process run would misnumber them), and never under msrun (untested with ranks
+sharing one directory).
+"""
+import hashlib
+import json
+import os
+
+import mindspore as ms
+
+from util_mindspore.conversion import default_cache_dir
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Flags that only name files: two runs that differ in these alone compile the same graphs.
+_NOT_IN_GRAPH = {"output_dir", "log_dir", "task", "finetune", "resume", "weights_cache_dir", "compile_cache_dir",
+                 "data_path", "device_id", "dist_url", "start_epoch"}
+_claimed = False
+
+
+def cache_root(args):
+    """--compile_cache_dir, else $RETFOUND_MS_COMPILE_CACHE, else <weights cache>/compile; None when 'off'."""
+    value = args.compile_cache_dir or os.environ.get("RETFOUND_MS_COMPILE_CACHE") or \
+        os.path.join(getattr(args, "weights_cache_dir", None) or default_cache_dir(), "compile")
+    return None if value.lower() == "off" else value
+
+
+def graph_key(args, split_sizes):
+    """Every flag that can shape a graph, and the split sizes (they set the last batch's shape)."""
+    key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
+    key["split_sizes"] = dict(split_sizes)
+    return key
+
+
+def _project_sources():
+    scripts = [os.path.join(_ROOT, f) for f in sorted(os.listdir(_ROOT)) if f.endswith(".py")]
+    utils = os.path.join(_ROOT, "util_mindspore")
+    return scripts + [os.path.join(utils, f) for f in sorted(os.listdir(utils)) if f.endswith(".py")]
+
+
+def enable_compile_cache(root, key):
+    """Turn the cache on in root/<hash of our code, MindSpore and key>; returns that directory, or None when the
+    cache is off (root None, or a run earlier in this process already used it)."""
+    global _claimed
+    if _claimed or not root:
+        ms.set_context(enable_compile_cache=False)
+        return None
+    _claimed = True
+    digest = hashlib.sha256(ms.__version__.encode())
+    for path in _project_sources():
+        with open(path, "rb") as fh:
+            digest.update(os.path.relpath(path, _ROOT).encode() + b"\0" + fh.read())
+    digest.update(json.dumps(key, sort_keys=True, default=str).encode())
+    path = os.path.join(root, digest.hexdigest()[:20])
+    os.makedirs(path, exist_ok=True)
+    ms.set_context(enable_compile_cache=True, compile_cache_path=path)
+    return path

@@ -1,0 +1,25 @@
+"""Run logs through `logging`: messages printed as they are (upstream's line formats), on rank 0 only.
+
+As upstream's `setup_for_distributed`, other ranks stay quiet but for warnings, errors, and their own weight
+load report (each rank loads weights; a rank that cannot is worth seeing).
+"""
+import logging
+import sys
+
+LOGGER = "retfound"
+
+
+def setup_logging(rank=0):
+    """One stdout handler on the `retfound` logger: INFO on rank 0, WARNING elsewhere; idempotent."""
+    logger = logging.getLogger(LOGGER)
+    for handler in list(logger.handlers):
+        if getattr(handler, "retfound", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.retfound = True
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger(f"{LOGGER}.weights").setLevel(logging.INFO)
+    return logger

@@ -1,0 +1,68 @@
+"""The published checkpoint layouts, as pure dict -> dict adapters (timm's checkpoint_filter_fn style).
+
+One small function per source family; reading files, downloading and loading live elsewhere.
+"""
+import re
+
+import numpy as np
+
+from util_mindspore import torch_pickle
+from util_mindspore.errors import WeightError
+
+# Source keys that are not part of the encoder (MAE decoder, DINO heads, masking token).
+_DROPPED = re.compile(r"^(decoder_|mask_token$|dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
+
+
+def _is_tensor(value):
+    return isinstance(value, (np.ndarray, torch_pickle.LazyTensor)) or type(value).__name__ in ("Tensor", "Parameter")
+
+
+def _select_state_dict(obj):
+    """Pick the weights inside a checkpoint: model (MAE, fine-tuned), teacher (DINOv2), state_dict, module, root."""
+    if isinstance(obj, dict):
+        for key in ("model", "teacher", "state_dict", "module", "model_ema"):
+            if key in obj and isinstance(obj[key], dict):
+                return key, obj[key]
+        return "root", obj
+    raise WeightError(f"checkpoint holds a {type(obj).__name__}, not a dict of weights")
+
+
+def _strip_prefixes(sd):
+    out = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _convert_mae(sd):
+    """MAE pretraining (encoder + decoder) and fine-tuned checkpoints: keep the encoder, names unchanged."""
+    return {k: v for k, v in sd.items() if not _DROPPED.match(k)}
+
+
+def _convert_dinov2(sd):
+    """DINOv2 teacher: drop heads, un-chunk `blocks.<chunk>.<i>.`, rename SwiGLU w12/w3 as upstream does."""
+    out = {}
+    for key, value in sd.items():
+        if _DROPPED.match(key):
+            continue
+        key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
+        key = key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
+        out[key] = value
+    return out
+
+
+def checkpoint_filter_fn(obj):
+    """Published checkpoint object -> (flat dict name -> tensor, layout name). The one place for layout rules."""
+    container, sd = _select_state_dict(obj)
+    sd = {k: v for k, v in sd.items() if _is_tensor(v)}
+    if not sd:
+        raise WeightError(f"checkpoint '{container}' holds no tensors")
+    dinov2 = container == "teacher" or any(k.startswith("backbone.") for k in sd) or \
+        any(k.startswith(("dino_head.", "ibot_head.")) for k in sd)
+    sd = _strip_prefixes(sd)
+    if dinov2:
+        return _convert_dinov2(sd), "dinov2"
+    return _convert_mae(sd), ("finetuned" if "head.weight" in sd else "mae")

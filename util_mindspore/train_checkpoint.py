@@ -1,0 +1,80 @@
+"""Our training checkpoint: what it holds, how it is written, read back and restored into a train step.
+
+A checkpoint (.ckpt) holds the model parameters under their PyTorch names (so it is also a valid --finetune
+source), the optimizer's moments and step (`optimizer.*`), the loss scaler (`loss_scale.*`), gradient
+accumulators (`accum.*`), and the epoch, best score, class names and args. A converted published checkpoint is
+read the same way: weights only. Written to a temp file and renamed, by rank 0 only.
+"""
+import dataclasses
+import json
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+
+from util_mindspore.ckpt_format import read_ckpt_entries, save_arrays_ckpt
+from util_mindspore.errors import WeightError
+
+CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
+# What a training checkpoint holds beside the model: never model weights.
+TRAINING_STATE_PREFIXES = ("optimizer.", "loss_scale.", "accum.")
+
+
+@dataclasses.dataclass
+class TrainingCheckpoint:
+    weights: dict  # model parameter name -> array
+    state: dict  # optimizer / loss-scale / accumulator name -> array
+    epoch: Optional[int] = None
+    best_score: Optional[float] = None
+    meta: dict = dataclasses.field(default_factory=dict)  # format, model, class_names, args
+
+    @property
+    def class_names(self):
+        return self.meta.get("class_names")
+
+
+def _jsonable_args(args):
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args):
+    """Model + optimizer + loss scale + epoch + best score + class names + args, atomically."""
+    arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
+    if train_step is not None:
+        arrays.update({p.name: p.asnumpy() for p in train_step.state_parameters()})
+    meta = {"format": CHECKPOINT_FORMAT, "class_names": list(class_names), "args": _jsonable_args(args),
+            "model": args.model}
+    save_arrays_ckpt(arrays, path, append_dict={"epoch": int(epoch), "best_score": float(best_score),
+                                                "meta": json.dumps(meta)})
+
+
+def read_checkpoint(path) -> TrainingCheckpoint:
+    """A training checkpoint or a converted published checkpoint (weights only) from one of our .ckpt files."""
+    loaded = read_ckpt_entries(path)
+    meta = json.loads(loaded.pop("meta")) if isinstance(loaded.get("meta"), str) else {}
+    epoch = int(np.asarray(loaded.pop("epoch")).item()) if "epoch" in loaded else None
+    best_score = float(np.asarray(loaded.pop("best_score")).item()) if "best_score" in loaded else None
+    arrays = {k: v for k, v in loaded.items() if isinstance(v, np.ndarray)}
+    return TrainingCheckpoint(
+        weights={k: v for k, v in arrays.items() if not k.startswith(TRAINING_STATE_PREFIXES)},
+        state={k: v for k, v in arrays.items() if k.startswith(TRAINING_STATE_PREFIXES)},
+        epoch=epoch, best_score=best_score, meta=meta)
+
+
+def restore_training_state(checkpoint, train_step, source):
+    """Optimizer moments and step, loss scale, accumulators into `train_step`; returns how many were restored.
+
+    State this run does not have (accumulators of a run with another --accum_iter) is left out: they start at zero.
+    """
+    params = {p.name: p for p in train_step.state_parameters()}
+    restored = 0
+    for name, array in checkpoint.state.items():
+        if name not in params:
+            continue
+        param = params[name]
+        if array.size != param.size:
+            raise WeightError(f"{source}: {name} has shape {array.shape}, this run needs {tuple(param.shape)}")
+        # .ckpt files store scalars as shape (1,): reshape to the parameter's own shape
+        param.set_data(ms.Tensor(array.reshape(param.shape), dtype=param.dtype))
+        restored += 1
+    return restored
