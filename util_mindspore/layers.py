@@ -170,7 +170,8 @@ class PatchProjection(PolicyCell):
         self.weight = Parameter(trunc_normal((embed_dim, in_chans, patch_size, patch_size)), name="weight")
         self.bias = Parameter(zeros((embed_dim,)), name="bias")
         self.matmul = ops.MatMul(transpose_b=True)
-        self.conv = ops.Conv2D(embed_dim, patch_size, stride=patch_size)
+        # kernel and stride as pairs: MindSpore's ONNX exporter cannot convert the int spelling
+        self.conv = ops.Conv2D(embed_dim, (patch_size, patch_size), stride=(patch_size, patch_size))
         self.bias_add = ops.BiasAdd()
 
     def construct(self, x):
