@@ -76,11 +76,11 @@ class PolicyCell(ms.nn.Cell):
 
 
 def apply_policy(model, policy):
-    """Set `policy` on every PolicyCell of `model`; parameters and their names are untouched."""
+    """Set `policy` on every PolicyCell of `model`; parameters and their names are untouched. Call it before the
+    model's first call in graph mode: a compiled graph keeps the dtypes it was compiled with."""
     for _, cell in model.cells_and_names():
         if isinstance(cell, PolicyCell):
             cell.set_policy(policy)
-    model.compute_policy = policy
     return model
 
 

@@ -9,7 +9,6 @@ import re
 import mindspore as ms
 import numpy as np
 
-DEVICES = ("CPU", "GPU", "Ascend")
 JIT_LEVELS = ("O0", "O1", "O2")
 # upstream's (torch) spellings: --device cuda is its default
 _ALIASES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "ascend": "Ascend", "npu": "Ascend"}
@@ -76,25 +75,22 @@ def configure(args):
     current = ms.get_context("device_target")
     target, device_id = parse_device(args.device)
     target = target or current
-    if target not in DEVICES:
-        raise DeviceError(f"--device {args.device}: unknown device target {target}")
     if target != current and not backend_available(target):
         raise DeviceError(
             f"--device {args.device}: this MindSpore {ms.__version__} installation cannot run on {target} here "
             f"(its {target} backend did not load: no {target} or its libraries found); install "
             f"{_INSTALL[target]} (https://www.mindspore.cn/install), or run with --device CPU")
-    ms.set_context(mode=ms.GRAPH_MODE if getattr(args, "mode", "graph") == "graph" else ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
     if target != current or device_id is not None:  # refused once a kernel ran (a second run in one process)
-        ms.set_device(target, device_id) if device_id is not None else ms.set_device(target)
-    if getattr(args, "jit_level", None):
+        ms.set_device(target, device_id)
+    if args.jit_level:
         if args.jit_level not in JIT_LEVELS:
             raise DeviceError(f"--jit_level must be one of {', '.join(JIT_LEVELS)} (got {args.jit_level})")
         ms.set_context(jit_config={"jit_level": args.jit_level})
     args.device = target
     if args.amp_level == "auto":  # float16 is slower than float32 on CPUs; accelerators train as upstream on CUDA
         args.amp_level = "O0" if target == "CPU" else "O2"
-    amp_dtype = getattr(args, "amp_dtype", "float16")
-    if args.amp_level != "O0" and amp_dtype == "bfloat16" and not bfloat16_supported():
+    if args.amp_level != "O0" and args.amp_dtype == "bfloat16" and not bfloat16_supported():
         raise DeviceError(f"--amp_dtype bfloat16: MindSpore {ms.__version__} has no bfloat16 MatMul kernel on "
                           f"{target}; use --amp_dtype float16, or --amp_level O0 (float32)")
     return args

@@ -9,13 +9,28 @@ import sys
 LOGGER = "retfound"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to sys.stdout as it is when a record comes (pytest and progress bars may swap it meanwhile)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(rank=0):
     """One stdout handler on the `retfound` logger: INFO on rank 0, WARNING elsewhere; idempotent."""
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):
         if getattr(handler, "retfound", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.retfound = True
     logger.addHandler(handler)
