@@ -14,7 +14,7 @@ import numpy as np
 
 from util_mindspore.conversion import download_and_convert_weights
 from util_mindspore.errors import WeightError
-from util_mindspore.layers import Linear, trunc_normal_linear_
+from util_mindspore.layers import trunc_normal_linear_
 from util_mindspore.pos_embed import interpolate_pos_embed
 from util_mindspore.train_checkpoint import read_checkpoint
 
@@ -72,7 +72,7 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
         if name in arrays:
             param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name]), dtype=param.dtype))
             loaded.append(name)
-    if head_keys and not head_fits and isinstance(model.head, Linear):
+    if head_keys and not head_fits:  # a model with head.* parameters has a Linear head
         trunc_normal_linear_(model.head, std=2e-5)
         reinitialized.extend(head_keys)
     unexpected = sorted(k for k in arrays if k not in params or (k.startswith("head.") and not head_fits))
