@@ -7,6 +7,7 @@ one ComputePolicy: mixed precision as torch autocast, and kernel forms chosen by
 import math
 from typing import Optional
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
 from mindspore.nn.utils import no_init_parameters
@@ -61,14 +62,26 @@ class Attention(PolicyCell):
         self.matmul_av = ops.BatchMatMul()
         self.softmax = Softmax()
 
-    def construct(self, x):
-        q, k, v = ops.split(self.qkv(x), x.shape[-1], axis=-1)
+    def _probs_and_values(self, x):
+        qkv, dim = self.qkv(x), x.shape[-1]
+        if self.cpu_forms:
+            q, k, v = ops.split(qkv, dim, axis=-1)
+        else:  # slices: a graph exported with a free batch dimension cannot split (its output count is unknown)
+            q, k, v = qkv[..., :dim], qkv[..., dim:2 * dim], qkv[..., 2 * dim:]
         dtype, heads, cpu = self.matmul_dtype, self.num_heads, self.cpu_forms
         q = cast(split_heads(q * self.scale, heads, cpu), dtype)
         scores = cast(self.matmul_qk(q, cast(split_heads(k, heads, cpu), dtype)), self.matmul_out_dtype)
-        attn = cast(self.softmax(scores), dtype)
-        out = cast(self.matmul_av(attn, cast(split_heads(v, heads, cpu), dtype)), self.matmul_out_dtype)
-        return self.proj(merge_heads(out, cpu))
+        return self.softmax(scores), split_heads(v, heads, cpu)
+
+    def attention_probs(self, x):
+        """(B, heads, N, N): each token's attention over the tokens (what attention rollout reads)."""
+        return self._probs_and_values(x)[0]
+
+    def construct(self, x):
+        probs, v = self._probs_and_values(x)
+        dtype = self.matmul_dtype
+        out = cast(self.matmul_av(cast(probs, dtype), cast(v, dtype)), self.matmul_out_dtype)
+        return self.proj(merge_heads(out, self.cpu_forms))
 
 
 class Mlp(nn.Cell):
@@ -120,6 +133,8 @@ class VisionTransformer(PolicyCell):
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.global_pool = bool(global_pool)
+        self.patch_mean_embedding = False  # DINOv2's embedding (forward_embedding); set by its registry entry
+        self.eps = eps
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         # timm's normal_(std=1e-6); drawn by TruncNormal (its +-2 bounds never bind here), which takes its seed when
@@ -143,22 +158,48 @@ class VisionTransformer(PolicyCell):
     def no_weight_decay(self):
         return {"pos_embed", "cls_token"}
 
+    def embed_tokens(self, x):
+        """Images -> the class token and patch tokens with position embeddings, before the blocks: (B, 1 + N, D)."""
+        x = cast(self.patch_embed(x), self.residual_dtype)
+        if self.onnx_forms:  # the ONNX exporter writes the batch size into a broadcast: add to a batch-sized zero
+            cls = x[:, :1, :] * 0 + cast(self.cls_token, x.dtype)
+        else:
+            cls = ops.broadcast_to(cast(self.cls_token, x.dtype), (x.shape[0], 1, self.embed_dim))
+        return ops.concat((cls, x), axis=1) + cast(self.pos_embed, x.dtype)
+
     def forward_tokens(self, x):
         """All tokens after the last block, before any norm: (B, 1 + N, D)."""
-        x = cast(self.patch_embed(x), self.residual_dtype)
-        cls = ops.broadcast_to(cast(self.cls_token, x.dtype), (x.shape[0], 1, self.embed_dim))
-        x = ops.concat((cls, x), axis=1) + cast(self.pos_embed, x.dtype)
+        x = self.embed_tokens(x)
         for blk in self.blocks:
             x = blk(x)
         return x
 
-    def forward_features(self, x):
-        """The (B, embed_dim) vector `head` receives: the embedding users extract."""
-        x = self.forward_tokens(x)
+    def pool_features(self, tokens):
+        """forward_tokens' output -> the (B, embed_dim) vector `head` receives."""
         if self.global_pool:
-            x = x[:, 1:, :].mean(axis=1)
+            x = tokens[:, 1:, :].mean(axis=1)
             return self.fc_norm(self.fc_norm(x))  # twice, as upstream on timm 0.9.x (see class docstring)
-        return self.norm(x)[:, 0]
+        return self.norm(tokens)[:, 0]
+
+    def pool_embedding(self, tokens):
+        """forward_tokens' output -> the embedding upstream's latent_feature.ipynb extracts, (B, embed_dim):
+        upstream's `forward_features` (global pool: fc_norm(mean of patch tokens), applied once; class token:
+        norm(x)[:, 0]); for DINOv2 the notebook's mean of the normed patch tokens, then a LayerNorm without
+        weights (its fresh nn.LayerNorm)."""
+        if self.patch_mean_embedding:
+            x = cast(self.norm(tokens)[:, 1:, :].mean(axis=1), ms.float32)
+            centred = x - x.mean(axis=-1, keep_dims=True)
+            return centred / ops.sqrt((centred * centred).mean(axis=-1, keep_dims=True) + self.eps)
+        if self.global_pool:
+            return self.fc_norm(tokens[:, 1:, :].mean(axis=1))
+        return self.norm(tokens)[:, 0]
+
+    def forward_features(self, x):
+        """The vector `head` receives (forward_embedding gives the one users extract)."""
+        return self.pool_features(self.forward_tokens(x))
+
+    def forward_embedding(self, x):
+        return self.pool_embedding(self.forward_tokens(x))
 
     def forward_head(self, x, pre_logits=False):
         return x if pre_logits else self.head(x)
@@ -198,8 +239,10 @@ def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_p
 
     `global_pool` is accepted and ignored, as upstream does for this model.
     """
-    return _vit(img_size, num_classes, drop_path_rate, False, kwargs, patch_size=14, embed_dim=1024, depth=24,
-                num_heads=16, mlp_ratio=4, qkv_bias=True, init_values=1e-5)
+    model = _vit(img_size, num_classes, drop_path_rate, False, kwargs, patch_size=14, embed_dim=1024, depth=24,
+                 num_heads=16, mlp_ratio=4, qkv_bias=True, init_values=1e-5)
+    model.patch_mean_embedding = True
+    return model
 
 
 @register_model

@@ -20,7 +20,10 @@ RUNTIME = [
 TORCH = ["torch==2.14.1"]
 # The PyTorch reference for the parity tests: timm 0.9.2 is the version upstream RETFound pins,
 # and it needs torchvision, which works here only as the pair torch 2.14.1 / torchvision 0.29.1.
-DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2"]
+# Export to ONNX (export_mindspore.py): the onnx package edits the graph, onnxruntime verifies it. ml_dtypes (onnx's)
+# from 0.6 on needs numpy 2.
+ONNX = ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "ml_dtypes>=0.5,<0.6"]
+DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2", *ONNX]
 
 setup(
     name="retfound-mindspore",
@@ -33,8 +36,10 @@ setup(
         "main_finetune_mindspore",
         "convert_weights_example",
         "selfcheck_mindspore",
+        "export_mindspore",
+        "predict_mindspore",
     ],
     packages=["util_mindspore"],
     install_requires=RUNTIME,
-    extras_require={"torch": TORCH, "dev": DEV},
+    extras_require={"torch": TORCH, "onnx": ONNX, "dev": DEV},
 )

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vit.py --framework mindspore --model RETFound_mae --mode train --batch_size 2
     python benchmarks/bench_vit.py --framework torch --model RETFound_mae --mode infer --batch_size 4
+    python benchmarks/bench_vit.py --framework onnxruntime --exported RETFound_mae.onnx --batch_size 4
 
 The MindSpore side runs the code path main_finetune_mindspore.py runs (same model, TrainStep, AdamW with
 layer-decay groups); the torch side is the upstream-equivalent model from tests/ trained as upstream does
@@ -84,9 +85,32 @@ def run_torch(args, images, labels):
     return train
 
 
+def run_onnxruntime(args, images, labels):
+    """An exported ONNX file (benchmarks/bench_export.py writes it) in onnxruntime's CPU provider."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = onnxruntime.InferenceSession(args.exported, options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"images": images})[0]
+
+
+def run_mindir(args, images, labels):
+    """An exported MindIR file reloaded as a deployer does: nn.GraphCell(ms.load(...))."""
+    import mindspore as ms
+
+    graph = ms.nn.GraphCell(ms.load(args.exported))
+    x = ms.Tensor(images)
+    return lambda: graph(x).asnumpy()
+
+
+RUNNERS = {"mindspore": run_mindspore, "torch": run_torch, "onnxruntime": run_onnxruntime, "mindir": run_mindir}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--framework", required=True, choices=["mindspore", "torch"])
+    parser.add_argument("--framework", required=True, choices=sorted(RUNNERS))
+    parser.add_argument("--exported", default=None, help="the .onnx / .mindir file (onnxruntime, mindir)")
     parser.add_argument("--model", default="RETFound_mae")
     parser.add_argument("--mode", default="infer", choices=["infer", "train"])
     parser.add_argument("--batch_size", default=4, type=int)
@@ -103,7 +127,7 @@ def main():
     images = rng.standard_normal((args.batch_size, 3, args.input_size, args.input_size)).astype(np.float32)
     labels = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
     started = time.perf_counter()
-    step = (run_mindspore if args.framework == "mindspore" else run_torch)(args, images, labels)
+    step = RUNNERS[args.framework](args, images, labels)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
     step()

@@ -42,10 +42,11 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, Python {platform.python_version()}, {versions}"
 
 
-def bench(framework, mode, batch, args, compile_cache):
+def bench(framework, mode, batch, args, compile_cache, extra=()):
     command = [sys.executable, os.path.join(HERE, "bench_vit.py"), "--framework", framework, "--mode", mode,
                "--batch_size", str(batch), "--model", args.model, "--input_size", str(args.input_size),
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--compile_cache_dir", compile_cache]
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--compile_cache_dir", compile_cache,
+               *extra]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}

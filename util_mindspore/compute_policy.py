@@ -18,7 +18,8 @@ layer_norm and softmax in float32, other ops in the dtype they receive, and the 
 because a float16 branch added to a float32 tensor promotes. The loss is always computed in float32.
 
 Kernel forms: the `cpu` forms avoid kernels whose MindSpore 2.10 CPU versions hold large per-call-site tables
-(see util_mindspore/layers.py); GPU and Ascend get the `plain` forms. Both compute the same function.
+(see util_mindspore/layers.py); GPU and Ascend get the `plain` forms. Both compute the same function. The `onnx`
+forms are the plain forms written with ops MindSpore's ONNX exporter can write (util_mindspore/export.py).
 """
 import dataclasses
 
@@ -35,6 +36,7 @@ class ComputePolicy:
     accurate: object = ms.float32  # LayerNorm and softmax outputs; the internal math of GELU
     residual: object = ms.float32  # the token stream between blocks
     cpu_forms: bool = True
+    onnx_forms: bool = False  # plain forms for ONNX export; needs cpu_forms=False
 
     @property
     def reduced(self):
@@ -73,6 +75,7 @@ class PolicyCell(ms.nn.Cell):
         self.accurate_dtype = policy.accurate
         self.residual_dtype = policy.residual
         self.cpu_forms = policy.cpu_forms
+        self.onnx_forms = policy.onnx_forms
 
 
 def apply_policy(model, policy):

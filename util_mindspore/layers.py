@@ -67,11 +67,15 @@ class GELU(PolicyCell):
     """Exact (erf) GELU, torch's default. Math in the accurate dtype, result in the input's dtype, as torch's
     CUDA kernel computes a float16 GELU in float32.
     CPU form: x/2 (1 + erf(x/sqrt 2)) with ops.erf; the CPU GeLU kernel keeps about 4x its output per call site.
+    ONNX form: the same formula with tanh standing where erf goes, because MindSpore 2.10's ONNX exporter has no
+    Erf; util_mindspore/export.py turns exactly these Tanh nodes into ONNX Erf nodes. Only for export.
     """
 
     def construct(self, x):
         y = cast(x, self.accurate_dtype)
-        if self.cpu_forms:
+        if self.onnx_forms:
+            y = y * 0.5 * (1.0 + ops.tanh(y * 0.7071067811865476))
+        elif self.cpu_forms:
             y = y * 0.5 * (1.0 + ops.erf(y * 0.7071067811865476))
         else:
             y = ops.gelu(y, approximate="none")

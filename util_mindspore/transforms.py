@@ -203,7 +203,8 @@ class EvalTransform:
     def __init__(self, input_size):
         self.input_size, self.resize = input_size, eval_resize_size(input_size)
 
-    def __call__(self, img, rng=None):
+    def crop(self, img):
+        """The RGB picture the model sees (before normalisation): what heat maps are drawn on."""
         img = to_rgb(img)
         w, h = img.size
         if w <= h:
@@ -213,8 +214,27 @@ class EvalTransform:
         img = img.resize(size, Image.BICUBIC)
         left = int(round((size[0] - self.input_size) / 2.0))
         top = int(round((size[1] - self.input_size) / 2.0))
-        img = img.crop((left, top, left + self.input_size, top + self.input_size))
-        return to_normalized_chw(img)
+        return img.crop((left, top, left + self.input_size, top + self.input_size))
+
+    def __call__(self, img, rng=None):
+        return to_normalized_chw(self.crop(img))
+
+
+class NotebookEmbeddingTransform:
+    """upstream latent_feature.ipynb's preprocessing: resize to size x size (Pillow's default, bicubic), /255,
+    then each channel standardised by the image's own mean and (population) std, not ImageNet's.
+    Deliberate differences: the image is converted to RGB first (the notebook fails on other modes), and a
+    channel of one value is left at 0 (the notebook divides by its zero std)."""
+
+    def __init__(self, input_size):
+        self.input_size = input_size
+
+    def __call__(self, img, rng=None):
+        img = img.convert("RGB").resize((self.input_size, self.input_size), Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.float64) / 255.0
+        mean, std = arr.mean(axis=(0, 1)), arr.std(axis=(0, 1))
+        arr = (arr - mean) / np.where(std > 0, std, 1.0)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
 class TrainTransform:

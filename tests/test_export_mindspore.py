@@ -1,0 +1,175 @@
+"""export_mindspore.py: exported files, reloaded as a deployer would, give upstream's outputs; bad input is one line."""
+import argparse
+import json
+import os
+
+import mindspore as ms
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import export_mindspore
+import models_vit_mindspore
+from tests import checkpoint_layouts as layouts
+from tests.helpers import TOKEN, publish
+from tests.parity import mindspore_twin, random_images, record
+from tests.torch_reference import create_reference, numpy_state_dict, randomize_
+from util_mindspore import export
+from util_mindspore.train_checkpoint import save_checkpoint
+
+
+def run_onnx(path, images):
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def run_mindir(path, images):
+    return ms.nn.GraphCell(ms.load(path))(ms.Tensor(images)).asnumpy()
+
+
+def torch_outputs(model, images, embeddings=False):
+    """Upstream's logits, or the embedding upstream's latent_feature.ipynb takes from the same model."""
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        if not embeddings:
+            return model(x).numpy()
+        features = model.forward_features(x)
+        if features.dim() == 3 and features.shape[1] > 1:  # timm DINOv2: every token; the notebook pools them
+            pooled = features[:, 1:, :].mean(dim=1)
+            return torch.nn.functional.layer_norm(pooled, pooled.shape[-1:], eps=1e-6).numpy()
+        return features.reshape(features.shape[0], -1).numpy()
+
+
+def test_upstream_finetuned_pth_exports_to_files_that_give_upstream_logits_at_any_batch(tmp_path, capsys):
+    upstream = layouts.finetuned(str(tmp_path / "checkpoint-best.pth"), img_size=32)
+    out = tmp_path / "export"
+    code = export_mindspore.run(["--resume", str(tmp_path / "checkpoint-best.pth"), "--model", "vit_tiny_patch16",
+                                 "--output_dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mindir:" in printed and "onnx:" in printed and "max |diff|" in printed
+    assert sorted(os.listdir(out)) == ["vit_tiny_patch16.json", "vit_tiny_patch16.mindir", "vit_tiny_patch16.onnx"]
+    sidecar = json.loads((out / "vit_tiny_patch16.json").read_text())
+    # settings read from the checkpoint itself: 3 classes from head.weight, 32 px from pos_embed's 2x2 grid
+    assert sidecar["output"]["class_names"] == ["class_0", "class_1", "class_2"]
+    assert sidecar["input"]["shape"] == ["batch", 3, 32, 32]
+    assert sidecar["preprocessing"]["resize_shorter_side"] == 36 and sidecar["preprocessing"]["center_crop"] == 32
+    assert sidecar["verification"]["onnx"]["batch_sizes"] == [1, 3]
+    onnx_path, mindir_path = str(out / "vit_tiny_patch16.onnx"), str(out / "vit_tiny_patch16.mindir")
+    assert onnxruntime.InferenceSession(onnx_path).get_inputs()[0].shape[0] == "batch"
+    for batch in (1, 5):  # neither is the batch size the ONNX graph was traced at
+        images = random_images(batch, 32, seed=batch)
+        expected = torch_outputs(upstream, images)
+        assert np.abs(run_onnx(onnx_path, images) - expected).max() <= 1e-4
+        assert np.abs(run_mindir(mindir_path, images) - expected).max() <= 1e-5
+    assert os.access(mindir_path, os.W_OK)  # ms.export writes read-only files; ours belong to the user
+
+
+@pytest.mark.parametrize("name, size", [("RETFound_mae", 224), ("RETFound_dinov2", 224)])
+def test_retfound_models_export_with_upstream_logits_and_embeddings(tmp_path, name, size):
+    """Real widths at reduced depth: ONNX and MindIR against the upstream PyTorch model, logits and embeddings."""
+    upstream = randomize_(create_reference(name, img_size=size, num_classes=4, depth=2), seed=3).eval()
+    model = mindspore_twin(name, numpy_state_dict(upstream), img_size=size, num_classes=4, depth=2)
+    images = random_images(2, size, seed=1)
+    for embeddings in (False, True):
+        net = export.EmbeddingNet(model) if embeddings else model
+        expected = torch_outputs(upstream, images, embeddings)
+        for fmt, tolerance, runner in (("mindir", 1e-5, run_mindir), ("onnx", 1e-4, run_onnx)):
+            check = export.export_verified(net, model, fmt, str(tmp_path), f"{name}_{embeddings}", size)
+            assert check.max_abs_diff <= tolerance and check.batch_sizes == (1, 3)
+            path = str(tmp_path / check.files[0])
+            diff = np.abs(runner(path, images) - expected).max()
+            record(f"export {fmt} {name} depth 2 {'embedding' if embeddings else 'logits'} vs upstream", diff)
+            # against upstream, the file adds its own rounding to the model's: relative to the outputs' magnitude
+            assert diff <= 2 * tolerance * max(1.0, np.abs(expected).max())
+
+
+def test_our_checkpoint_brings_its_class_names_and_settings_and_fixed_batch_float16(tmp_path):
+    model = models_vit_mindspore.create_model("vit_tiny_patch16", img_size=48, num_classes=2, global_pool=False)
+    args = argparse.Namespace(model="vit_tiny_patch16", input_size=48, global_pool=False, nb_classes=2)
+    ckpt = str(tmp_path / "checkpoint-best.ckpt")
+    save_checkpoint(ckpt, model, None, 3, 0.9, ["healthy", "glaucoma"], args)
+    out = tmp_path / "export"
+    assert export_mindspore.run(["--resume", ckpt, "--output_dir", str(out), "--batch", "2", "--format", "onnx",
+                                 "--amp_level", "O2", "--name", "glaucoma"]) == 0
+    assert sorted(os.listdir(out)) == ["glaucoma.json", "glaucoma.onnx"]
+    sidecar = json.loads((out / "glaucoma.json").read_text())
+    assert sidecar["output"]["class_names"] == ["healthy", "glaucoma"]
+    assert sidecar["model"] == "vit_tiny_patch16" and sidecar["global_pool"] is False
+    assert sidecar["input"]["shape"] == [2, 3, 48, 48]
+    assert sidecar["output"]["dtype"] == "float16" and sidecar["precision"]["amp_level"] == "O2"
+    images = random_images(2, 48)
+    model.set_train(False)
+    exported = run_onnx(str(out / "glaucoma.onnx"), images)
+    assert exported.dtype == np.float16
+    # float16 matmuls: within 8 float16 units of the float32 model at the logits' magnitude
+    reference = model(ms.Tensor(images)).asnumpy()
+    assert np.abs(exported - reference).max() <= 8 * 2.0 ** -10 * max(1.0, np.abs(reference).max())
+
+
+def test_published_encoder_exports_its_embedding(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    out = tmp_path / "export"
+    assert export_mindspore.run(["--resume", "RETFound_mae_meh", "--model", "vit_tiny_patch16", "--embeddings",
+                                 "--format", "onnx", "--input_size", "32", "--output_dir", str(out)]) == 0
+    sidecar = json.loads((out / "vit_tiny_patch16_embeddings.json").read_text())
+    assert sidecar["output"]["kind"] == "embedding" and sidecar["output"]["shape"] == ["batch", 192]
+    assert sidecar["output"]["class_names"] is None and sidecar["global_pool"] is False  # no fc_norm: class token
+    # the upstream encoder with those weights (pos_embed resized from 14x14 to 2x2 as upstream's --finetune does)
+    encoder = create_reference("vit_tiny_patch16", img_size=32, num_classes=0, global_pool=False)
+    layouts.upstream_load(encoder, str(tmp_path / "RETFound_mae_meh.pth"))
+    images = random_images(3, 32)
+    expected = torch_outputs(encoder, images, embeddings=True)
+    assert np.abs(run_onnx(str(out / "vit_tiny_patch16_embeddings.onnx"), images) - expected).max() <= 1e-4
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "checkpoint-best.pth"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    out = tmp_path / "export"
+    assert export_mindspore.run(["--resume", str(bad), "--output_dir", str(out)]) == 1
+    assert "checkpoint-best.pth" in one_line_error(capsys)
+    assert os.listdir(out) == []
+
+
+def test_encoder_without_head_needs_embeddings_and_flags_must_fit(tmp_path, capsys):
+    layouts.mae_pretrained(str(tmp_path / "encoder.pth"))
+    assert export_mindspore.run(["--resume", str(tmp_path / "encoder.pth"), "--model", "vit_tiny_patch16",
+                                 "--output_dir", str(tmp_path / "e")]) == 1
+    err = one_line_error(capsys)
+    assert "no classifier head" in err and "--embeddings" in err
+    layouts.finetuned(str(tmp_path / "ft.pth"), img_size=32)
+    assert export_mindspore.run(["--resume", str(tmp_path / "ft.pth"), "--model", "vit_tiny_patch16",
+                                 "--nb_classes", "5", "--output_dir", str(tmp_path / "e")]) == 1
+    assert "--nb_classes 5" in one_line_error(capsys)
+    assert export_mindspore.run(["--resume", str(tmp_path / "ft.pth"), "--format", "tflite"]) == 1
+    assert "--format tflite" in one_line_error(capsys)
+    assert export_mindspore.run(["--resume", str(tmp_path / "ft.pth"), "--batch", "0"]) == 1
+    assert "--batch 0" in one_line_error(capsys)
+
+
+def test_unwritable_output_dir_is_one_line(tmp_path, capsys):
+    layouts.finetuned(str(tmp_path / "ft.pth"), img_size=32)
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the output folder should be")
+    assert export_mindspore.run(["--resume", str(tmp_path / "ft.pth"), "--model", "vit_tiny_patch16",
+                                 "--output_dir", str(blocker / "export")]) == 1
+    assert "not_a_dir" in one_line_error(capsys)
+
+
+def test_failed_verification_removes_every_file(tmp_path, capsys, monkeypatch):
+    layouts.finetuned(str(tmp_path / "ft.pth"), img_size=32)
+    monkeypatch.setitem(export.FLOAT32_TOLERANCE, "onnx", -1.0)  # no export can pass this
+    out = tmp_path / "export"
+    assert export_mindspore.run(["--resume", str(tmp_path / "ft.pth"), "--model", "vit_tiny_patch16",
+                                 "--output_dir", str(out)]) == 1
+    assert "does not reproduce the model" in one_line_error(capsys)
+    assert os.listdir(out) == []  # the verified MindIR goes too: all formats or none

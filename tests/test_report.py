@@ -1,0 +1,55 @@
+"""report.html as a browser shows it: headless Chromium (Debian's package) renders the page the prediction
+script wrote, its script runs, and the heat maps it links are beside it."""
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict_mindspore
+from tests import checkpoint_layouts as layouts
+from tests.helpers import make_dataset
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# .ci/run installs Chromium and sets this: there, a missing browser is a failure, not a skip
+REQUIRED = os.environ.get("RETFOUND_REQUIRE_BROWSER") == "1"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium(tmp_path, *args):
+    profile = tmp_path / "chromium-profile"
+    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(not CHROMIUM and not REQUIRED, reason="Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    assert CHROMIUM, "RETFOUND_REQUIRE_BROWSER=1 but no chromium on PATH"
+    pth = str(tmp_path / "checkpoint-best.pth")
+    layouts.finetuned(pth, img_size=32)
+    data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 2})
+    (tmp_path / "data" / "test" / "class_0" / "bad.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert predict_mindspore.run(["--resume", pth, "--model", "vit_tiny_patch16", "--data_path",
+                                  os.path.join(data, "test"), "--output_dir", str(out), "--report",
+                                  "--heatmaps", str(out / "heatmaps"), "--batch_size", "4"]) == 0
+    report = out / "report.html"
+    dom = chromium(tmp_path, "--dump-dom", report.as_uri())
+    assert "showing 6 of 6 images" in dom  # written by the page's script: it ran
+    assert "7 images, 6 predicted, 1 unreadable" in dom and "bad.png" in dom
+    assert "Labelled images: 6" in dom and "true \\ predicted" in dom and "accuracy" in dom
+    heat_links = re.findall(r'class="heat" src="([^"]+)"', dom)
+    assert len(heat_links) == 6 and all((out / link).is_file() for link in heat_links)
+    assert dom.count('src="data:image/jpeg;base64,') == 6  # thumbnails embedded: no server, no network
+    shot = tmp_path / "report.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", "--hide-scrollbars", report.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1400, 1200) and pixels.std() > 10  # a page was drawn, not a blank one
+    if os.environ.get("RETFOUND_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["RETFOUND_KEEP_SCREENSHOT"])

@@ -1,0 +1,262 @@
+"""Write a model as MindIR or ONNX and prove, by reloading the file, that it gives the model's outputs.
+
+MindIR comes from `ms.export` with a free batch dimension. ONNX comes from `ms.export` too, which writes every
+shape with the batch size it traced and has no Erf; `free_onnx_batch` edits that graph with the onnx package:
+the batch dimension of the input and output becomes `batch`, every Reshape target gets -1 in place of its leading
+dimension (no other dimension of a ViT depends on the batch), and the Tanh nodes the GELU's ONNX form stands in
+for erf become Erf. Nothing is called exported until onnxruntime / GraphCell has run the written file at two batch
+sizes and matched the model.
+"""
+import dataclasses
+import os
+import shutil
+
+import mindspore as ms
+import numpy as np
+
+from util_mindspore.atomic_files import fsync_dir, fsync_file
+from util_mindspore.compute_policy import AMP_DTYPES, apply_policy, policy_for
+from util_mindspore.errors import first_line
+
+FORMATS = ("mindir", "onnx")
+# max |output difference| against the MindSpore model at float32, per format
+FLOAT32_TOLERANCE = {"mindir": 1e-5, "onnx": 1e-4}
+# reduced precision: units of the reduced type's epsilon at the outputs' magnitude
+REDUCED_TOLERANCE_UNITS = 8
+TRACE_BATCH = 2  # an ONNX graph is traced at this batch size, then checked at VERIFY_BATCHES
+VERIFY_BATCHES = (1, 3)
+
+
+class ExportError(ValueError):
+    """An export could not be written or did not reproduce the model; one line."""
+
+
+class EmbeddingNet(ms.nn.Cell):
+    """The model's embedding (`forward_embedding`: what upstream's latent_feature.ipynb extracts) as the output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def construct(self, x):
+        return self.model.forward_embedding(x)
+
+
+@dataclasses.dataclass
+class Verification:
+    batch_sizes: tuple
+    max_abs_diff: float
+    tolerance: float
+    output_dtype: str
+    files: list  # what was written into out_dir, the file to load first
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def tolerance(fmt, amp_level, amp_dtype, reference):
+    if amp_level == "O0":
+        return FLOAT32_TOLERANCE[fmt]
+    eps = float(np.finfo(np.float16).eps) if amp_dtype == "float16" else 2.0 ** -7
+    scale = max(1.0, max(float(np.abs(r.astype(np.float32)).max()) for r in reference.values()))
+    return REDUCED_TOLERANCE_UNITS * eps * scale
+
+
+def sample_inputs(batch_sizes, input_size, seed=0):
+    """Normalised-image-like inputs: N(0, 1) per pixel, one array per batch size."""
+    rng = np.random.default_rng(seed)
+    return {b: rng.standard_normal((b, 3, input_size, input_size)).astype(np.float32) for b in batch_sizes}
+
+
+def reference_outputs(net, inputs):
+    """What the MindSpore model gives (in PYNATIVE mode: no graph compiled here outlives a policy change)."""
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        return {b: net(ms.Tensor(x)).asnumpy() for b, x in inputs.items()}
+    finally:
+        ms.set_context(mode=mode)
+
+
+def export_policy(fmt, amp_level, amp_dtype):
+    """GPU/Ascend's plain forms (exported graphs run on any device); ONNX's own forms for ONNX."""
+    return dataclasses.replace(policy_for(amp_level, amp_dtype, "GPU"), onnx_forms=fmt == "onnx")
+
+
+def _trace_input(batch, input_size):
+    if batch is None:
+        return ms.Tensor(shape=[None, 3, input_size, input_size], dtype=ms.float32)
+    return ms.Tensor(np.zeros((batch, 3, input_size, input_size), np.float32))
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_mindir(net, stem, batch, input_size):
+    """ms.export to `<stem>.mindir` (or, past 1 GB of parameters, `<stem>_graph.mindir` + `<stem>_variables/`);
+    batch None leaves the batch dimension free. Returns the file to load."""
+    ms.export(net, _trace_input(batch, input_size), file_name=stem, file_format="MINDIR")
+    return stem + ".mindir" if os.path.exists(stem + ".mindir") else stem + "_graph.mindir"
+
+
+def free_onnx_batch(model_proto, gelu_count):
+    """Leave the batch dimension free in a graph traced at a fixed batch, and restore Erf (see module docstring)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    graph = model_proto.graph
+    tanh_nodes = [node for node in graph.node if node.op_type == "Tanh"]
+    if len(tanh_nodes) != gelu_count:
+        raise ExportError(f"the ONNX graph has {len(tanh_nodes)} Tanh nodes where {gelu_count} GELUs were expected")
+    for node in tanh_nodes:
+        node.op_type = "Erf"
+    inferred = shape_inference.infer_shapes(model_proto)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    del inferred
+    for i, node in enumerate(n for n in graph.node if n.op_type == "Reshape"):
+        out_shape = shapes.get(node.output[0])
+        if not out_shape or not all(out_shape[1:]):
+            raise ExportError(f"the ONNX exporter left Reshape {node.name} without a known output shape")
+        target = f"free_batch_shape_{i}"
+        graph.initializer.append(numpy_helper.from_array(np.array([-1] + out_shape[1:], np.int64), target))
+        node.input[1] = target
+    _drop_unused(graph)
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del graph.value_info[:]  # the traced shapes of intermediate values no longer hold
+    onnx.checker.check_model(model_proto)
+    return model_proto
+
+
+def _drop_unused(graph):
+    """Remove the traced shape constants nothing reads any more."""
+    used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def _rename_value(graph, old, new):
+    """Give a graph input or output a name a deployer can guess (the exporter's are internal ids)."""
+    for value in list(graph.input) + list(graph.output):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+
+
+def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
+    """ms.export to ONNX traced at `batch` (TRACE_BATCH and freed when None), written to `<stem>.onnx`."""
+    import onnx
+
+    # ms.export, deprecated in favour of ms.onnx.export, which in MindSpore 2.10 fails on this graph with
+    # dynamic_axes (BroadcastTo of the class token) and writes unsorted nodes with output_names
+    ms.export(net, _trace_input(batch or TRACE_BATCH, input_size), file_name=stem + ".traced", file_format="ONNX")
+    traced = stem + ".traced.onnx"
+    try:
+        proto = onnx.load(traced)
+    finally:
+        os.remove(traced)
+    if batch is None:
+        proto = free_onnx_batch(proto, gelu_count)
+    else:
+        for node in proto.graph.node:
+            if node.op_type == "Tanh":
+                node.op_type = "Erf"
+    _rename_value(proto.graph, proto.graph.input[0].name, "images")
+    _rename_value(proto.graph, proto.graph.output[0].name, output_name)
+    onnx.save_model(proto, stem + ".onnx")
+    return stem + ".onnx"
+
+
+def run_exported(fmt, path, inputs):
+    """Outputs of the exported file, reloaded as a deployer would, for each batch of `inputs`."""
+    if fmt == "mindir":
+        graph = ms.nn.GraphCell(ms.load(path))
+        return {b: graph(ms.Tensor(x)).asnumpy().astype(np.float32) for b, x in inputs.items()}
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return {b: session.run(None, {name: x})[0].astype(np.float32) for b, x in inputs.items()}
+
+
+def check_onnx_available():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"ONNX export needs the onnx extra: pip install -e \".[onnx]\" ({first_line(exc)})") from None
+
+
+def _publish(staging, out_dir):
+    """Move what the staging folder holds into out_dir (files after fsync; a MindIR's _variables folder whole);
+    returns the names moved."""
+    names = sorted(os.listdir(staging), key=lambda n: (os.path.isdir(os.path.join(staging, n)), n))
+    mask = _umask()
+    for name in names:
+        src, dst = os.path.join(staging, name), os.path.join(out_dir, name)
+        # ms.export writes read-only files and private folders; the user owns the result
+        for folder, _, files in (os.walk(src) if os.path.isdir(src) else [(None, None, [src])]):
+            if folder:
+                os.chmod(folder, 0o777 & ~mask)
+            for file in files:
+                path = os.path.join(folder, file) if folder else file
+                os.chmod(path, 0o666 & ~mask)
+                fsync_file(path)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)  # a folder cannot be renamed over another
+        os.replace(src, dst)
+    fsync_dir(out_dir)
+    return names
+
+
+def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_level="O0", amp_dtype="float16"):
+    """Export `net` (model or EmbeddingNet(model)) as `<out_dir>/<name>.<fmt>` and return its Verification.
+
+    Written into a staging folder inside out_dir, reloaded and compared there, and only then moved into place.
+    MindSpore writes a MindIR whose parameters pass 1 GB (ViT-L) as `<name>_graph.mindir` plus `<name>_variables/`,
+    which the graph names: the staging folder keeps those names. A failure leaves nothing and raises ExportError.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+    if amp_dtype not in AMP_DTYPES:
+        raise ExportError(f"--amp_dtype {amp_dtype}: choose from {', '.join(AMP_DTYPES)}")
+    batches = (batch,) if batch else VERIFY_BATCHES
+    inputs = sample_inputs(batches, input_size)
+    apply_policy(model, policy_for(amp_level, amp_dtype, "CPU"))
+    reference = reference_outputs(net, inputs)
+    apply_policy(model, export_policy(fmt, amp_level, amp_dtype))
+    staging = os.path.join(out_dir, f".{name}.{fmt}.{os.getpid()}.partial")
+    try:
+        os.makedirs(staging, exist_ok=True)
+        stem = os.path.join(staging, name)
+        if fmt == "mindir":
+            written = write_mindir(net, stem, batch, input_size)
+        else:
+            gelu_count = sum(1 for _, cell in model.cells_and_names() if type(cell).__name__ == "GELU")
+            output_name = "embedding" if isinstance(net, EmbeddingNet) else "logits"
+            written = write_onnx(net, stem, batch, input_size, gelu_count, output_name)
+        outputs = run_exported(fmt, written, inputs)
+        worst = max(float(np.abs(outputs[b] - reference[b].astype(np.float32)).max()) for b in batches)
+        limit = tolerance(fmt, amp_level, amp_dtype, reference)
+        if not worst <= limit:
+            raise ExportError(f"{fmt} export of {name} does not reproduce the model: max |diff| {worst:.3g} > "
+                              f"{limit:.3g}; nothing written")
+        files = _publish(staging, out_dir)
+        return Verification(batches, worst, limit, str(reference[batches[0]].dtype), files)
+    except ExportError:
+        raise
+    except (RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise ExportError(f"{fmt} export to {out_dir} failed: {first_line(exc)}") from None
+    finally:
+        apply_policy(model, policy_for(amp_level, amp_dtype, "CPU"))
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""Where the model looks: attention rollout (Abnar & Zuidema 2020) and Grad-CAM on the last block's tokens.
+
+Rollout: each block's attention averaged over heads, plus the identity (the residual), rows renormalised, and
+multiplied from the first block to the last; the class token's row over the patches is the map. No attention is
+discarded (the paper's plain rollout). Grad-CAM: the tokens the last block reads, after its first LayerNorm
+(pytorch-grad-cam's ViT target layer; a class-token model passes no gradient from its head to the patches of the
+last block's output), weighted by the mean gradient of the target class's logit over the patches, summed over
+channels, negatives set to 0. Both run eagerly (PyNative) on the model as it is, at its precision.
+"""
+import mindspore as ms
+import numpy as np
+
+from util_mindspore.atomic_files import atomic_write
+from util_mindspore.compute_policy import cast
+
+
+class _PyNative:
+    def __enter__(self):
+        self.mode = ms.get_context("mode")
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+    def __exit__(self, *exc):
+        ms.set_context(mode=self.mode)
+
+
+def attention_rollout(model, images):
+    """(B, 1 + N, 1 + N) float64 rollout matrices for a batch of preprocessed images."""
+    with _PyNative():
+        tokens = model.embed_tokens(ms.Tensor(images))
+        rollout = None
+        for blk in model.blocks:
+            attn = blk.attn.attention_probs(blk.norm1(tokens)).asnumpy().astype(np.float64).mean(axis=1)
+            attn = attn + np.eye(attn.shape[-1])
+            attn = attn / attn.sum(axis=-1, keepdims=True)
+            rollout = attn if rollout is None else attn @ rollout
+            tokens = blk(tokens)
+    return rollout
+
+
+def _last_block_from_norm1(blk, x, normed):
+    """The last block's output given its input x and its first LayerNorm's output (as Block.construct, eval)."""
+    x = cast(x, blk.residual_dtype)
+    x = x + cast(blk.ls1(blk.attn(normed)), x.dtype)
+    return x + cast(blk.ls2(blk.mlp(blk.norm2(x))), x.dtype)
+
+
+def grad_cam(model, images, targets=None):
+    """(maps (B, N) float64, target classes): Grad-CAM of each image's target class (default: its prediction)."""
+    with _PyNative():
+        x = model.embed_tokens(ms.Tensor(images))
+        for blk in model.blocks[:-1]:
+            x = blk(x)
+        last = model.blocks[-1]
+        normed = last.norm1(x)
+
+        def logits_from(a):
+            return model.forward_head(model.pool_features(_last_block_from_norm1(last, x, a))).astype(ms.float32)
+
+        logits = logits_from(normed).asnumpy()
+        targets = np.argmax(logits, axis=1) if targets is None else np.asarray(targets)
+        onehot = np.zeros(logits.shape, np.float32)
+        onehot[np.arange(len(targets)), targets] = 1.0
+        selector = ms.Tensor(onehot)
+        grads = ms.grad(lambda a: (logits_from(a) * selector).sum())(normed).asnumpy().astype(np.float64)
+    activations = normed.asnumpy().astype(np.float64)[:, 1:, :]
+    weights = grads[:, 1:, :].mean(axis=1, keepdims=True)
+    return np.maximum((activations * weights).sum(axis=-1), 0.0), targets
+
+
+def to_grid(values):
+    """(B, N) patch values -> (B, g, g), scaled to [0, 1] per image (all-zero maps stay 0)."""
+    grid = int(round(values.shape[1] ** 0.5))
+    maps = values.reshape(values.shape[0], grid, grid)
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0)
+
+
+def _overlay(picture, heat):
+    from matplotlib import colormaps
+    from PIL import Image
+
+    size = picture.size
+    heat = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
+    colours = colormaps["jet"](np.clip(heat, 0.0, 1.0))[..., :3]
+    return (0.55 * np.asarray(picture, np.float64) / 255.0 + 0.45 * colours).clip(0, 1)
+
+
+def save_heatmap_figure(path, picture, rollout_map, cam_map, title):
+    """One PNG: the picture the model saw, attention rollout over it, Grad-CAM over it."""
+    from util_mindspore.metrics import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6))
+    panels = ((np.asarray(picture), "image"), (_overlay(picture, rollout_map), "attention rollout"),
+              (_overlay(picture, cam_map), "Grad-CAM"))
+    for ax, (shown, name) in zip(axes, panels):
+        ax.imshow(shown)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
