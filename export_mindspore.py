@@ -20,6 +20,7 @@ import mindspore as ms
 from util_mindspore import export
 from util_mindspore.atomic_files import atomic_write
 from util_mindspore.compute_policy import AMP_LEVELS
+from util_mindspore.errors import exit_code
 from util_mindspore.logs import setup_logging
 from util_mindspore.trained_model import load_trained_model
 from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
@@ -140,16 +141,7 @@ def main(args):
 def run(argv: Optional[List[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    try:
-        return main(args)
-    except (ValueError, KeyError) as exc:  # ExportError / WeightError are ValueErrors
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc.filename or args.output_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-
+    return exit_code(main, args)
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -25,7 +25,7 @@ from util_mindspore import compile_cache, device, distributed, train_checkpoint
 from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
 from util_mindspore.conversion import download_and_convert_weights
 from util_mindspore.datasets import Loader, build_datasets
-from util_mindspore.errors import WeightError
+from util_mindspore.errors import WeightError, exit_code
 from util_mindspore.logs import setup_logging
 from util_mindspore.lr_decay import param_groups_lrd
 from util_mindspore.metrics import save_training_curves
@@ -308,13 +308,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     """Entry point: upstream flags in, outputs written; a clear one-line error and exit 1 for bad input."""
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    try:
-        return main(args)
-    except (ValueError, KeyError, FloatingPointError) as exc:  # DataError / WeightError / DeviceError: ValueErrors
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-
+    return exit_code(main, args)
 
 if __name__ == "__main__":
     _ENTRY_SCRIPT = True

@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from util_mindspore import device, heatmaps
+from util_mindspore import device, distributed, heatmaps
 from util_mindspore.compute_policy import policy_for
+from util_mindspore.errors import exit_code
 from util_mindspore.image_sources import decode, list_images
-from util_mindspore.inference_runtimes import MindSporeRuntime, OnnxRuntime
+from util_mindspore.inference_runtimes import MindSporeRuntime, OnnxRuntime, softmax
 from util_mindspore.logs import setup_logging
 from util_mindspore.prediction_outputs import PredictionWriter
 from util_mindspore.report import ReportRow, write_report
@@ -87,9 +88,14 @@ def check_args(args):
 
 
 def build_runtime(args):
-    if args.resume.lower().endswith(".onnx"):
+    """Device and (under msrun) the process group first, then the model: MindSpore or onnxruntime."""
+    onnx = args.resume.lower().endswith(".onnx")
+    if not onnx:
+        device.configure(args)
+    distributed.init_distributed_mode(args)  # under msrun each rank predicts its share; rank 0 writes
+    setup_logging(args.rank)
+    if onnx:
         return OnnxRuntime(args, args.embeddings)
-    device.configure(args)
     return MindSporeRuntime(args, policy_for(args.amp_level, args.amp_dtype, args.device), args.embeddings)
 
 
@@ -127,51 +133,84 @@ def heatmap_file(folder, item):
 
 
 def draw_heatmaps(args, runtime, transform, good_items, images, probs):
-    """Rollout and Grad-CAM for a batch's readable images; returns the PNG written for each."""
+    """Rollout and Grad-CAM for a batch's readable images, one PNG each (heatmap_file)."""
     rollout = heatmaps.attention_rollout(runtime.model, images)
     targets = None if args.target_index is None else [args.target_index] * len(images)
     cams, targets = heatmaps.grad_cam(runtime.model, images, targets)
     rollout_maps, cam_maps = heatmaps.to_grid(rollout[:, 0, 1:]), heatmaps.to_grid(cams)
-    written = []
     for k, item in enumerate(good_items):
         with Image.open(item.path) as img:
             picture = transform.crop(img)
         predicted = int(np.argmax(probs[k]))
         title = (f"{item.name}: {runtime.class_names[predicted]} {probs[k][predicted]:.3f}; "
                  f"Grad-CAM of {runtime.class_names[int(targets[k])]}")
-        path = heatmap_file(args.heatmaps, item)
-        heatmaps.save_heatmap_figure(path, picture, rollout_maps[k], cam_maps[k], title)
-        written.append(path)
-    return written
+        heatmaps.save_heatmap_figure(heatmap_file(args.heatmaps, item), picture, rollout_maps[k], cam_maps[k], title)
+
+
+def _shard_rows(args, chunk_index, chunk, logits, embeddings, errors):
+    """This rank's rows of one batch as arrays: global image index, readable flag, and the logits and / or
+    embeddings the run produces (zeros for an unreadable image)."""
+    index = np.array([(chunk_index * args.batch_size + j) * args.world_size + args.rank for j in range(len(chunk))],
+                     np.int64)
+    ok = np.array([error is None for error in errors], bool)
+    rows = {"index": index, "ok": ok.astype(np.int32)}
+    for name, values, width in (("logits", logits, args.logits_width),
+                                ("embeddings", embeddings, args.embedding_width)):
+        if width:
+            rows[name] = np.zeros((len(chunk), width), np.float32)
+            if values is not None:
+                rows[name][ok] = values
+    return rows
 
 
 def predict(args, runtime, items, writer, report_rows):
+    """Batches of this rank's images (every world_size-th, from its rank); rank 0 writes every row in input order.
+
+    Under msrun every rank runs the same number of batches (empty ones at the end), so that each batch's rows can
+    be gathered: they cover one contiguous run of the input, written as it arrives.
+    """
     transforms = {"eval": EvalTransform(runtime.input_size)}
     if args.embeddings and args.embedding_preprocessing == "notebook":
         transforms["notebook"] = NotebookEmbeddingTransform(runtime.input_size)
-    progress = tqdm(total=len(items), desc="Predict", unit="img", file=sys.stdout, disable=None)
-    for chunk, stacked, errors in decoded_batches(items, transforms, args.batch_size, args.num_workers):
-        probs = embeddings = None
-        good = [item for item, error in zip(chunk, errors) if not error]
-        heat = [None] * len(good)
+    args.logits_width, args.embedding_width = len(runtime.class_names or []), runtime.embedding_dim or 0
+    mine = items[args.rank::args.world_size]
+    rounds = -(-len(items) // (args.batch_size * args.world_size))
+    batches = decoded_batches(mine, transforms, args.batch_size, args.num_workers)
+    main = distributed.is_main_process(args)
+    progress = tqdm(total=len(items), desc="Predict", unit="img", file=sys.stdout, disable=None if main else True)
+    for i in range(rounds):
+        chunk, stacked, errors = next(batches, ([], None, []))
+        logits = embeddings = None
         if stacked is not None:
-            probs, embeddings = runtime(stacked["eval"])
+            logits, embeddings = runtime(stacked["eval"])
             if "notebook" in stacked:
                 _, embeddings = runtime(stacked["notebook"])
-            if args.heatmaps:
-                heat = draw_heatmaps(args, runtime, transforms["eval"], good, stacked["eval"], probs)
-        k = 0
-        for item, error in zip(chunk, errors):
-            if error:
+            if args.heatmaps:  # each rank draws its own images' maps
+                good = [item for item, error in zip(chunk, errors) if not error]
+                draw_heatmaps(args, runtime, transforms["eval"], good, stacked["eval"], softmax(logits))
+        rows = _shard_rows(args, i, chunk, logits, embeddings, errors)
+        local_errors = {int(k): e for k, e in zip(rows["index"], errors) if e}
+        if args.distributed:
+            rows = {name: distributed.all_gather_rows(part, args) for name, part in rows.items()}
+        if not main:
+            continue
+        index, ok = rows["index"], rows["ok"]
+        probs = softmax(rows["logits"]) if "logits" in rows else None
+        for k in np.argsort(index, kind="stable"):
+            item = items[int(index[k])]
+            if not ok[k]:
+                # another rank's unreadable image: its reason is found again here (a failed open is quick)
+                error = local_errors.get(int(index[k])) or decode(item, transforms["eval"])[1] or "unreadable"
                 writer.add(item, error=error)
                 if report_rows is not None:
                     report_rows.append(ReportRow(item.name, item.path, None, item.label, error, None))
                 continue
-            writer.add(item, None if probs is None else probs[k], None if embeddings is None else embeddings[k])
+            row_probs = None if probs is None else probs[k]
+            writer.add(item, row_probs, rows["embeddings"][k] if "embeddings" in rows else None)
             if report_rows is not None:
-                report_rows.append(ReportRow(item.name, item.path, probs[k], item.label, None, heat[k]))
-            k += 1
-        progress.update(len(chunk))
+                heat = heatmap_file(args.heatmaps, item) if args.heatmaps else None
+                report_rows.append(ReportRow(item.name, item.path, row_probs, item.label, None, heat))
+        progress.update(len(index))
     progress.close()
 
 
@@ -228,35 +267,30 @@ def main(args):
     if args.heatmaps:
         os.makedirs(args.heatmaps, exist_ok=True)
     labelled = any(item.label is not None for item in items)
-    writer = PredictionWriter(args.output_dir, len(items), runtime.class_names, labelled,
-                              runtime.embedding_dim, args.group_by)
+    writer = None
+    if distributed.is_main_process(args):
+        writer = PredictionWriter(args.output_dir, len(items), runtime.class_names, labelled,
+                                  runtime.embedding_dim, args.group_by)
     report_rows = [] if args.report else None
     try:
         predict(args, runtime, items, writer, report_rows)
     except BaseException:
-        writer.close(keep=False)
+        if writer:
+            writer.close(keep=False)
         raise
-    writer.close(keep=True)
-    if args.report:
-        write_report(os.path.join(args.output_dir, "report.html"), report_rows, runtime.class_names,
-                     runtime.description, args.report_max_images)
-    print_summary(args, runtime, writer)
+    if writer:
+        writer.close(keep=True)
+        if args.report:
+            write_report(os.path.join(args.output_dir, "report.html"), report_rows, runtime.class_names,
+                         runtime.description, args.report_max_images)
+        print_summary(args, runtime, writer)
     return 0
 
 
 def run(argv: Optional[List[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    try:
-        return main(args)
-    except (ValueError, KeyError) as exc:  # DataError, WeightError, DeviceError are ValueErrors
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {exc.filename or args.output_dir}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-
+    return exit_code(main, args)
 
 if __name__ == "__main__":
     sys.exit(run())

@@ -85,6 +85,20 @@ def test_retfound_models_export_with_upstream_logits_and_embeddings(tmp_path, na
             assert diff <= 2 * tolerance * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.vitl
+def test_vitl_mindir_is_written_split_and_reloads_with_upstream_logits(tmp_path):
+    """Past 1 GB of parameters MindSpore writes <name>_graph.mindir + <name>_variables/, which the graph names."""
+    upstream = randomize_(create_reference("RETFound_mae", img_size=224, num_classes=5), seed=3).eval()
+    model = mindspore_twin("RETFound_mae", numpy_state_dict(upstream), img_size=224, num_classes=5)
+    check = export.export_verified(model, model, "mindir", str(tmp_path), "vitl", 224)
+    assert check.files == ["vitl_graph.mindir", "vitl_variables"]
+    assert sorted(os.listdir(tmp_path)) == ["vitl_graph.mindir", "vitl_variables"]  # no staging folder left
+    images = random_images(2, 224, seed=7)
+    diff = np.abs(run_mindir(str(tmp_path / "vitl_graph.mindir"), images) - torch_outputs(upstream, images)).max()
+    record("export mindir RETFound_mae ViT-L (split file) vs upstream", diff)
+    assert diff <= 1e-5 * max(1.0, np.abs(torch_outputs(upstream, images)).max()) * 2
+
+
 def test_our_checkpoint_brings_its_class_names_and_settings_and_fixed_batch_float16(tmp_path):
     model = models_vit_mindspore.create_model("vit_tiny_patch16", img_size=48, num_classes=2, global_pool=False)
     args = argparse.Namespace(model="vit_tiny_patch16", input_size=48, global_pool=False, nb_classes=2)

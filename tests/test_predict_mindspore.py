@@ -152,3 +152,37 @@ def test_bad_input_is_one_line(tmp_path, finetuned_pth, capsys):
     assert predict_mindspore.run(base + ["--data_path", str(tmp_path), "--group_by", "("]) == 1
     assert "--group_by" in one_line_error(capsys)
     assert not os.path.exists(tmp_path / "out")  # nothing created by runs that fail on their input
+
+
+@pytest.mark.msrun
+def test_msrun_shards_images_and_rank0_writes_what_one_process_writes(tmp_path, finetuned_pth):
+    import shutil
+    import subprocess
+
+    from tests.helpers import ROOT
+    from tests.test_distributed import free_port
+    if shutil.which("msrun") is None:
+        pytest.skip("msrun (installed with mindspore) is not on PATH")
+    pth, _ = finetuned_pth
+    data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 3})
+    root = os.path.join(data, "test")
+    (tmp_path / "data" / "test" / "class_1" / "z_broken.png").write_bytes(b"no image")
+    flags = ["--resume", pth, "--model", "vit_tiny_patch16", "--data_path", root, "--batch_size", "2",
+             "--embeddings", "--num_workers", "2"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+                           f"--log_dir={tmp_path / 'logs'}", "--join=True",
+                           os.path.join(ROOT, "predict_mindspore.py"), *flags, "--output_dir", str(tmp_path / "ms")],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    logs = "".join(open(tmp_path / "logs" / n).read() for n in os.listdir(tmp_path / "logs"))
+    assert done.returncode == 0, logs[-4000:]
+    assert predict_mindspore.run(flags + ["--output_dir", str(tmp_path / "one")]) == 0
+    sharded, single = read_csv(tmp_path / "ms" / "predictions.csv"), read_csv(tmp_path / "one" / "predictions.csv")
+    assert [r["path"] for r in sharded] == [r["path"] for r in single] and len(single) == 10
+    for a, b in zip(sharded, single):
+        assert a["status"] == b["status"] and a["prediction"] == b["prediction"]
+        if a["status"] == "ok":
+            assert abs(float(a["prob_class_0"]) - float(b["prob_class_0"])) <= 1e-6
+    assert np.allclose(np.load(tmp_path / "ms" / "embeddings.npy"), np.load(tmp_path / "one" / "embeddings.npy"),
+                       atol=1e-5, equal_nan=True)
+    assert logs.count("10 images: 9 processed") == 1  # rank 0 alone writes and summarises

@@ -1,8 +1,8 @@
 """Run a trained model on batches: MindSpore (our checkpoint, an upstream .pth, a published encoder) or
 onnxruntime (an .onnx file export_mindspore.py wrote, with its .json beside it).
 
-Both give, per batch, class probabilities (softmax of the logits, in float64 as evaluation computes them) and/or
-embeddings (float32). MindSpore pads a short last batch to the batch size, so one compiled graph serves the run.
+Both give, per batch, float32 logits and/or embeddings; `softmax` turns logits into probabilities in float64, as
+evaluation does. MindSpore pads a short last batch to the batch size, so one compiled graph serves the run.
 """
 import json
 import os
@@ -45,13 +45,13 @@ class MindSporeRuntime:
         self.net = _LogitsAndEmbedding(self.model)
 
     def __call__(self, images):
-        """(probabilities or None, embeddings or None) for a batch of preprocessed images."""
+        """(logits or None, embeddings or None) for a batch of preprocessed images."""
         n = len(images)
         if n < self.batch_size:
             images = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
         logits, embedding = self.net(ms.Tensor(images))
-        probs = softmax(logits.asnumpy()[:n]) if self.class_names else None
-        return probs, embedding.asnumpy()[:n].astype(np.float32) if self.embedding_dim else None
+        logits = logits.asnumpy()[:n].astype(np.float32) if self.class_names else None
+        return logits, embedding.asnumpy()[:n].astype(np.float32) if self.embedding_dim else None
 
 
 def policy_name(policy):
@@ -106,4 +106,4 @@ class OnnxRuntime:
         out = self.session.run(None, {self.input_name: images})[0][:n]
         if self.embedding_dim:
             return None, out.astype(np.float32)
-        return softmax(out), None
+        return out.astype(np.float32), None

@@ -1,0 +1,201 @@
+"""Prediction on a folder of fundus-sized JPEGs: predict_mindspore.py's code path against upstream's model in torch
+with upstream's evaluation pipeline (torchvision ImageFolder + its eval transform + DataLoader), alternately.
+
+    python benchmarks/bench_predict.py                          # RETFound_mae (ViT-L) 224, 64 images, 2 rounds
+    python benchmarks/bench_predict.py --model vit_tiny_patch16 --images 32 --rounds 1
+
+Both read the same files with the same preprocessing (shorter side to 256, bicubic, centre 224 crop, ImageNet
+normalisation) with 2 decoding workers and batch 16, and predict class probabilities. Reported: images per second
+after the first batch (which holds MindSpore's graph compilation), the whole loop's time, and peak RSS. A second
+table runs the tiny model over 200 and 2,000 small images: predict's peak RSS must not grow with the count.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from run import machine  # noqa: E402
+
+NUM_CLASSES = 5
+
+
+def make_images(folder, count, size, seed=0):
+    """Fundus-like JPEGs: a bright disc with noise on black, `size` wide, 4:3."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size, size * 3 // 4
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (0.45 * h) ** 2
+    for i in range(count):
+        pixels = (rng.random((h, w, 3)) * 40 + np.array([150, 70, 30])) * disc[..., None]
+        Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+    return folder
+
+
+def make_checkpoint(path, model_name, input_size):
+    import mindspore as ms
+
+    import models_vit_mindspore
+    from util_mindspore.train_checkpoint import save_checkpoint
+    ms.set_context(mode=ms.GRAPH_MODE)
+    model = models_vit_mindspore.create_model(model_name, img_size=input_size, num_classes=NUM_CLASSES)
+    args = argparse.Namespace(model=model_name, input_size=input_size, global_pool=True, nb_classes=NUM_CLASSES)
+    save_checkpoint(path, model, None, 0, 0.0, [f"grade_{i}" for i in range(NUM_CLASSES)], args)
+
+
+class FirstBatchClock:
+    """The runtime, noting when its first batch ends (the steady-state clock starts there)."""
+
+    def __init__(self, runtime):
+        self.runtime, self.first = runtime, None
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+    def __call__(self, images):
+        out = self.runtime(images)
+        self.first = self.first or time.perf_counter()
+        return out
+
+
+def run_mindspore(args):
+    """predict_mindspore.py's own functions, timed around its prediction loop."""
+    import predict_mindspore
+    from util_mindspore.image_sources import list_images
+    from util_mindspore.prediction_outputs import PredictionWriter
+
+    pargs = predict_mindspore.get_args_parser().parse_args(
+        ["--resume", args.checkpoint, "--data_path", args.data, "--output_dir", args.out, "--batch_size",
+         str(args.batch_size), "--num_workers", str(args.workers), "--device", "CPU"])
+    predict_mindspore.check_args(pargs)
+    runtime = predict_mindspore.build_runtime(pargs)
+    predict_mindspore.check_runtime(pargs, runtime)
+    items = list_images(pargs.data_path, runtime.class_names)
+    os.makedirs(pargs.output_dir, exist_ok=True)
+    writer = PredictionWriter(pargs.output_dir, len(items), runtime.class_names, False, None, None)
+    clock = FirstBatchClock(runtime)
+    started = time.perf_counter()
+    predict_mindspore.predict(pargs, clock, items, writer, None)
+    ended = time.perf_counter()
+    writer.close(keep=True)
+    return len(items), started, clock.first, ended
+
+
+def run_torch(args):
+    """Upstream's evaluation pipeline (util/datasets.py build_transform, eval) and model, with softmax."""
+    import torch
+    from torchvision import datasets, transforms
+
+    from tests.torch_reference import create_reference
+    from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+    torch.set_num_threads(os.cpu_count())
+    model = create_reference(args.model, img_size=args.input_size, num_classes=NUM_CLASSES).eval()
+    transform = transforms.Compose([
+        transforms.Resize(eval_resize_size(args.input_size), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(args.input_size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = datasets.ImageFolder(os.path.dirname(args.data), transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    first = None
+    started = time.perf_counter()
+    with torch.no_grad():
+        for images, _ in loader:
+            torch.softmax(model(images), dim=1).numpy()
+            first = first or time.perf_counter()
+    return len(dataset), started, first, time.perf_counter()
+
+
+def child(args):
+    count, started, first, ended = (run_torch if args.runtime == "torch" else run_mindspore)(args)
+    steady = (count - min(count, args.batch_size)) / (ended - first) if ended > first else float("nan")
+    print(json.dumps({"runtime": args.runtime, "images": count, "img_per_s": round(steady, 3),
+                      "loop_s": round(ended - started, 1),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+
+
+def bench(runtime, args, data, checkpoint, out, model=None, input_size=None):
+    command = [sys.executable, __file__, "--child", runtime, "--data", data, "--checkpoint", checkpoint, "--out", out,
+               "--model", model or args.model, "--input_size", str(input_size or args.input_size),
+               "--batch_size", str(args.batch_size), "--workers", str(args.workers)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="RETFound_mae")
+    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--images", default=64, type=int)
+    parser.add_argument("--image_px", default=2000, type=int, help="width of the JPEGs (4:3)")
+    parser.add_argument("--batch_size", default=16, type=int)
+    parser.add_argument("--workers", default=2, type=int)
+    parser.add_argument("--rounds", default=2, type=int)
+    parser.add_argument("--child", default=None, choices=["torch", "mindspore"], help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default=None, help=argparse.SUPPRESS)
+    for hidden in ("--data", "--checkpoint", "--out"):
+        parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.runtime = args.child
+        child(args)
+        return
+    work = tempfile.mkdtemp(prefix="retfound_bench_predict_")
+    data = make_images(os.path.join(work, "photos", "all"), args.images, args.image_px)
+    checkpoint = os.path.join(work, "model.ckpt")
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import bench_predict; "
+                    f"bench_predict.make_checkpoint({checkpoint!r}, {args.model!r}, {args.input_size})"], check=True)
+    results = {}
+    for _ in range(args.rounds):
+        for runtime in ("torch", "mindspore"):
+            out = bench(runtime, args, data, checkpoint, os.path.join(work, "out"))
+            results.setdefault(runtime, []).append(out)
+            print(json.dumps(out), file=sys.stderr, flush=True)
+    # memory against the number of images: the tiny model over few and many small images
+    tiny = os.path.join(work, "tiny.ckpt")
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import bench_predict; "
+                    f"bench_predict.make_checkpoint({tiny!r}, 'vit_tiny_patch16', 64)"], check=True)
+    memory = {}
+    for count in (200, 2000):
+        small = make_images(os.path.join(work, f"small{count}", "all"), count, 96, seed=count)
+        memory[count] = bench("mindspore", args, small, tiny, os.path.join(work, f"out{count}"),
+                              model="vit_tiny_patch16", input_size=64)
+        print(json.dumps(memory[count]), file=sys.stderr, flush=True)
+    print(f"Machine: {machine()}\n")
+    print(f"{args.model} at {args.input_size} px, float32, {args.images} JPEGs of {args.image_px} px, batch "
+          f"{args.batch_size}, {args.workers} decoding workers, {args.rounds} rounds\n")
+    print("| runtime | img/s after the first batch | loop time | peak RSS |")
+    print("|---|---|---|---|")
+    medians = {}
+    for runtime in ("torch", "mindspore"):
+        runs = [r for r in results[runtime] if "error" not in r]
+        if not runs:
+            print(f"| {runtime} | failed: {results[runtime][-1]['error']} | | |")
+            continue
+        medians[runtime] = {k: statistics.median(r[k] for r in runs) for k in ("img_per_s", "loop_s", "peak_rss_mb")}
+        m = medians[runtime]
+        print(f"| {runtime} | {m['img_per_s']:.3f} | {m['loop_s']:.0f} s | {m['peak_rss_mb'] / 1024:.1f} GB |")
+    if len(medians) == 2:
+        print(f"\nspeed MindSpore / torch: {medians['mindspore']['img_per_s'] / medians['torch']['img_per_s']:.2f}x\n")
+    print("| images (tiny model, 96 px JPEGs) | predict peak RSS |")
+    print("|---|---|")
+    for count, r in memory.items():
+        print(f"| {count} | {r.get('peak_rss_mb', r.get('error'))} MB |")
+
+
+if __name__ == "__main__":
+    main()
