@@ -112,6 +112,9 @@ def get_args_parser():
     parser.add_argument("--dist_eval", action="store_true", default=False,
                         help="distributed evaluation: each process evaluates its shard, metrics computed once")
     parser.add_argument("--num_workers", default=10, type=int, help="image decoding threads")
+    parser.add_argument("--check_images", action="store_true",
+                        help="decode every image before training (start-up reads headers only; an image that "
+                             "cannot be decoded otherwise stops the run when it is reached)")
     parser.add_argument("--pin_mem", action="store_true", help="accepted for upstream compatibility")
     parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
     parser.set_defaults(pin_mem=True)

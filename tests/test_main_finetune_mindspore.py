@@ -145,7 +145,7 @@ def test_resume_continues_at_the_next_epoch_with_the_same_lr_and_optimizer_state
     (lambda root: os.rename(os.path.join(root, "test", "c"), os.path.join(root, "test", "d")),
      "class folders differ between train"),
     (lambda root: [open(os.path.join(root, "val", "a", "0.png"), "wb").write(b"not a png"),
-                   open(os.path.join(root, "test", "b", "1.png"), "r+b").truncate(60)],
+                   open(os.path.join(root, "test", "b", "2.png"), "wb").write(b"")],
      "2 unreadable image file(s):"),
 ])
 def test_data_errors_are_caught_before_training(tmp_path, capsys, damage, message):
@@ -155,6 +155,21 @@ def test_data_errors_are_caught_before_training(tmp_path, capsys, damage, messag
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
+
+
+def test_an_image_that_cannot_be_decoded_stops_the_run_in_one_line_naming_it(tmp_path, capsys):
+    """Start-up reads headers only: a PNG cut after its header is found when it is decoded (or up front with
+    --check_images), never trained on with a wrong label."""
+    data = make_dataset(tmp_path / "data")
+    cut = os.path.join(data, "train", "b", "3.png")
+    with open(cut, "r+b") as fh:
+        fh.truncate(60)
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=2)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {cut}: cannot be decoded") and "\n" not in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out" / "t" / "checkpoint-last.ckpt")
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out2"), extra=["--check_images"])) == 1
+    assert capsys.readouterr().err.strip() == f"error: 1 unreadable image file(s): {cut}"
 
 
 def test_nb_classes_must_match_the_folders(tmp_path, capsys):

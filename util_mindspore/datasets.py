@@ -1,24 +1,44 @@
 """ImageFolder data (`<data_path>/{train,val,test}/<class>/*`, classes sorted by name) and a batch loader.
 
-Every data problem is found before training starts and reported in one message: a missing split, an
-empty class, class names that differ between splits, --nb_classes not matching, unreadable images.
-The loader decodes with Pillow in a thread pool, shards by rank (a new seeded shuffle each epoch) and,
-for evaluation, gives each rank a disjoint slice so every image is seen exactly once (no padding).
+What can be found without decoding pixels is found before training starts, in one message: a missing split, an
+empty class, class names that differ between splits, --nb_classes not matching, files that are not images (their
+headers, read by Pillow's Image.open without the pixels). Start-up therefore costs listing and headers only. A
+file whose pixels cannot be decoded (a truncated JPEG) stops the run when it is reached, in one line naming it
+(upstream's DataLoader stops there too, with a traceback), never with a wrong label; `--check_images` decodes
+every image before training instead. Only regular files are taken: a FIFO or device named like an image is
+never opened.
+
+The loader decodes with Pillow in a pool of threads (Pillow releases the GIL while decoding and resizing) and a
+producer thread keeps a bounded queue of ready batches filled while the training step runs. It shards by rank
+(a new seeded shuffle each epoch) and, for evaluation, gives each rank a disjoint slice so every image is seen
+exactly once (no padding). Threads live for one pass over the data: they end with it, on an error and on Ctrl-C.
 """
 import os
+import queue
 import random
+import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
+from util_mindspore.errors import first_line
 from util_mindspore.transforms import build_transform
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
     """The data folder is not usable; the message says where and why."""
+
+
+def is_regular_file(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class ImageFolder:
@@ -34,7 +54,7 @@ class ImageFolder:
             folder = os.path.join(root, name)
             files = sorted(
                 os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(folder) for f in filenames
-                if f.lower().endswith(IMG_EXTENSIONS))
+                if f.lower().endswith(IMG_EXTENSIONS) and is_regular_file(os.path.join(dirpath, f)))
             if not files:
                 raise DataError(f"{folder}: class '{name}' has no images ({', '.join(IMG_EXTENSIONS)})")
             self.samples.extend((path, index) for path in files)
@@ -45,18 +65,24 @@ class ImageFolder:
 
     def load(self, index, rng):
         path, target = self.samples[index]
-        with Image.open(path) as img:
-            img.load()
-            return self.transform(img, rng), target
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return self.transform(img, rng), target
+        except DECODE_ERRORS as exc:
+            raise DataError(f"{path}: cannot be decoded ({first_line(exc)}); --check_images lists every such file "
+                            "before training") from None
 
-    def find_unreadable(self, workers=4):
-        """Paths of images Pillow cannot decode (checked fully: truncated files are found too)."""
+    def find_unreadable(self, workers=4, decode=False):
+        """Paths Pillow cannot open: from their headers (fast), or decode=True, from every pixel (finds truncated
+        files too, and costs a full decode of the data set)."""
         def bad(path):
             try:
                 with Image.open(path) as img:
-                    img.load()
+                    if decode:
+                        img.load()
                 return None
-            except Exception:
+            except DECODE_ERRORS:
                 return path
         with ThreadPoolExecutor(workers) as pool:
             return [p for p in pool.map(bad, [p for p, _ in self.samples]) if p]
@@ -78,10 +104,14 @@ def build_datasets(args, splits):
     if args.nb_classes != len(classes):
         raise DataError(f"--nb_classes {args.nb_classes} does not match the {len(classes)} class folders in "
                         f"{os.path.join(args.data_path, first)} ({', '.join(classes)})")
-    unreadable = [p for split in splits for p in datasets[split].find_unreadable(max(2, args.num_workers))]
+    decode = getattr(args, "check_images", False)
+    unreadable = [p for split in splits for p in datasets[split].find_unreadable(max(2, args.num_workers), decode)]
     if unreadable:
         raise DataError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable)}")
     return datasets
+
+
+_END = object()
 
 
 class Loader:
@@ -89,13 +119,15 @@ class Loader:
 
     train=True: this rank's shard of a permutation seeded by (seed, epoch), drop_last as upstream.
     train=False: this rank's contiguous slice in order, last batch kept: every image exactly once overall.
+    Up to `prefetch` batches (default: half of num_workers, at least 2) are decoded ahead of the consumer.
     """
 
-    def __init__(self, dataset, batch_size, train, num_workers=2, seed=0, rank=0, world_size=1):
+    def __init__(self, dataset, batch_size, train, num_workers=2, seed=0, rank=0, world_size=1, prefetch=None):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_workers = max(1, num_workers)
+        self.prefetch = prefetch or max(2, self.num_workers // 2)
         self.epoch = 0
-        self.pool = ThreadPoolExecutor(max(1, num_workers))
         n = len(dataset)
         if train:
             self.per_rank = n // world_size
@@ -120,12 +152,47 @@ class Loader:
             return self.per_rank // self.batch_size
         return (len(self.eval_indices) + self.batch_size - 1) // self.batch_size
 
+    def _batch(self, pool, chunk):
+        # one RNG per image, derived from (seed, epoch, rank, index): augmentation is reproducible
+        rngs = [random.Random(hash((self.seed, self.epoch, self.rank, int(i)))) for i in chunk]
+        items = list(pool.map(self.dataset.load, chunk, rngs))
+        return (np.stack([im for im, _ in items]), np.array([t for _, t in items], dtype=np.int32),
+                np.asarray(chunk))
+
     def __iter__(self):
         indices = self.indices()
-        for b in range(len(self)):
-            chunk = indices[b * self.batch_size:(b + 1) * self.batch_size]
-            # one RNG per image, derived from (seed, epoch, rank, index): augmentation is reproducible
-            rngs = [random.Random(hash((self.seed, self.epoch, self.rank, int(i)))) for i in chunk]
-            items = list(self.pool.map(self.dataset.load, chunk, rngs))
-            yield (np.stack([im for im, _ in items]), np.array([t for _, t in items], dtype=np.int32),
-                   np.asarray(chunk))
+        chunks = [indices[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        ready, stop = queue.Queue(self.prefetch), threading.Event()
+
+        def put(item):
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                with ThreadPoolExecutor(self.num_workers, thread_name_prefix="retfound-decode") as pool:
+                    for chunk in chunks:
+                        if not put(self._batch(pool, chunk)):
+                            return
+                put(_END)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+
+        producer = threading.Thread(target=produce, name="retfound-loader", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            producer.join()

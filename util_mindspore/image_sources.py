@@ -7,12 +7,11 @@ device named like an image is never opened); symbolic links are followed, as tor
 import csv
 import dataclasses
 import os
-import stat
 from typing import Optional
 
 from PIL import Image
 
-from util_mindspore.datasets import IMG_EXTENSIONS, DataError
+from util_mindspore.datasets import DECODE_ERRORS, IMG_EXTENSIONS, DataError, is_regular_file
 
 
 @dataclasses.dataclass
@@ -23,10 +22,7 @@ class ImageItem:
 
 
 def _is_image_file(path):
-    try:
-        return path.lower().endswith(IMG_EXTENSIONS) and stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
+    return path.lower().endswith(IMG_EXTENSIONS) and is_regular_file(path)
 
 
 def _from_folder(root, class_names):
@@ -93,7 +89,7 @@ def decode(item, transform):
         with Image.open(item.path) as img:
             img.load()
             return transform(img), None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except DECODE_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         for quoted in (repr(item.path), f'"{item.path}"', item.path):  # the row names the file already
             reason = reason.replace(quoted, "")

@@ -1,0 +1,113 @@
+"""The data pipeline: prefetched batches equal sequential ones, threads end, start-up reads headers only."""
+import argparse
+import os
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import make_dataset
+from util_mindspore.datasets import DataError, Loader, build_dataset, build_datasets
+
+
+def data_args(data, **extra):
+    values = dict(data_path=data, input_size=32, aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", recount=1,
+                  color_jitter=None, nb_classes=3, num_workers=2, batch_size=4, check_images=False)
+    values.update(extra)
+    return argparse.Namespace(**values)
+
+
+def loader_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("retfound-")]
+
+
+def sequential(loader):
+    """What the loader must yield: each batch decoded one image at a time, with the per-image RNGs."""
+    indices = loader.indices()
+    for b in range(len(loader)):
+        chunk = indices[b * loader.batch_size:(b + 1) * loader.batch_size]
+        items = [loader.dataset.load(int(i), random.Random(hash((loader.seed, loader.epoch, loader.rank, int(i)))))
+                 for i in chunk]
+        yield np.stack([x for x, _ in items]), np.array([t for _, t in items], np.int32), np.asarray(chunk)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_prefetched_batches_equal_sequential_ones_in_order(tmp_path, train):
+    data = make_dataset(tmp_path / "data", per_split={"train": 7, "test": 7})
+    dataset = build_dataset("train" if train else "test", data_args(data))
+    loader = Loader(dataset, 4, train=train, num_workers=3, seed=5, prefetch=2)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        got, expected = list(loader), list(sequential(loader))
+        assert len(got) == len(expected) == (5 if train else 6)
+        for (x, y, i), (ex, ey, ei) in zip(got, expected):
+            np.testing.assert_array_equal(x, ex)
+            np.testing.assert_array_equal(y, ey)
+            np.testing.assert_array_equal(i, ei)
+    assert not loader_threads()
+
+
+def test_ranks_of_an_evaluation_see_every_image_once(tmp_path):
+    data = make_dataset(tmp_path / "data", per_split={"test": 3})
+    dataset = build_dataset("test", data_args(data))
+    seen = [int(i) for rank in range(3) for _, _, idx in Loader(dataset, 2, train=False, rank=rank, world_size=3)
+            for i in idx]
+    assert sorted(seen) == list(range(len(dataset)))
+
+
+def test_threads_end_when_a_pass_is_left_early_or_fails(tmp_path):
+    data = make_dataset(tmp_path / "data", per_split={"train": 8})
+    dataset = build_dataset("train", data_args(data))
+    loader = Loader(dataset, 2, train=True, num_workers=2, prefetch=2)
+    batches = iter(loader)
+    next(batches)
+    assert loader_threads()  # the producer is ahead, decoding
+    batches.close()  # what a `break` or an exception in the training step does
+    assert not loader_threads()
+    with open(dataset.samples[5][0], "r+b") as fh:  # a PNG cut after its header: opens, cannot be decoded
+        fh.truncate(60)
+    with pytest.raises(DataError, match=r"5\.png: cannot be decoded .*--check_images") as err:
+        for _ in range(2):
+            loader.set_epoch(_)
+            list(loader)
+    assert "\n" not in str(err.value)
+    assert not loader_threads()
+
+
+def test_start_up_reads_headers_and_check_images_reads_pixels(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    with open(os.path.join(data, "val", "a", "0.png"), "wb") as fh:
+        fh.write(b"not a png")
+    with open(os.path.join(data, "test", "b", "1.png"), "r+b") as fh:
+        fh.truncate(60)
+    os.mkfifo(os.path.join(data, "train", "c", "pipe.png"))  # never opened: it would block
+    splits = ["train", "val", "test"]
+    with pytest.raises(DataError, match=r"^1 unreadable image file\(s\): .*val/a/0\.png$"):
+        build_datasets(data_args(data), splits)
+    with pytest.raises(DataError, match=r"^2 unreadable image file\(s\): .*val/a/0\.png, .*test/b/1\.png$"):
+        build_datasets(data_args(data, check_images=True), splits)
+    os.remove(os.path.join(data, "val", "a", "0.png"))
+    datasets = build_datasets(data_args(data), splits)  # the truncated file is found when it is decoded
+    assert all(not p.endswith("pipe.png") for p, _ in datasets["train"].samples)
+
+
+def test_memory_of_a_pass_is_bounded_by_the_queue(tmp_path):
+    """Batches are produced no further ahead than the queue's depth."""
+    data = make_dataset(tmp_path / "data", per_split={"train": 12})
+    dataset = build_dataset("train", data_args(data))
+    made = []
+    original = dataset.load
+
+    def counting(index, rng):
+        made.append(index)
+        return original(index, rng)
+    dataset.load = counting
+    loader = Loader(dataset, 2, train=True, num_workers=2, prefetch=2)
+    batches = iter(loader)
+    next(batches)
+    time.sleep(0.5)  # let the producer run as far ahead as it may
+    # one batch consumed, two queued, one being put: at most 4 batches of 2 decoded
+    assert len(made) <= 8
+    batches.close()
