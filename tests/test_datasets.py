@@ -20,7 +20,7 @@ def data_args(data, **extra):
 
 
 def loader_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("retfound-")]
+    return [t for t in threading.enumerate() if t.name.startswith(("retfound-loader", "retfound-decode"))]
 
 
 def sequential(loader):
