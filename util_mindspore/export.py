@@ -102,17 +102,22 @@ def write_mindir(net, stem, batch, input_size):
     return stem + ".mindir" if os.path.exists(stem + ".mindir") else stem + "_graph.mindir"
 
 
+def _restore_erf(graph, gelu_count):
+    """The GELUs' ONNX form wrote Tanh where erf stands (the exporter has no Erf): make those nodes Erf."""
+    tanh_nodes = [node for node in graph.node if node.op_type == "Tanh"]
+    if len(tanh_nodes) != gelu_count:
+        raise ExportError(f"the ONNX graph has {len(tanh_nodes)} Tanh nodes where {gelu_count} GELUs were expected")
+    for node in tanh_nodes:
+        node.op_type = "Erf"
+
+
 def free_onnx_batch(model_proto, gelu_count):
     """Leave the batch dimension free in a graph traced at a fixed batch, and restore Erf (see module docstring)."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
     graph = model_proto.graph
-    tanh_nodes = [node for node in graph.node if node.op_type == "Tanh"]
-    if len(tanh_nodes) != gelu_count:
-        raise ExportError(f"the ONNX graph has {len(tanh_nodes)} Tanh nodes where {gelu_count} GELUs were expected")
-    for node in tanh_nodes:
-        node.op_type = "Erf"
+    _restore_erf(graph, gelu_count)
     inferred = shape_inference.infer_shapes(model_proto)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
@@ -166,9 +171,7 @@ def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
     if batch is None:
         proto = free_onnx_batch(proto, gelu_count)
     else:
-        for node in proto.graph.node:
-            if node.op_type == "Tanh":
-                node.op_type = "Erf"
+        _restore_erf(proto.graph, gelu_count)
     _rename_value(proto.graph, proto.graph.input[0].name, "images")
     _rename_value(proto.graph, proto.graph.output[0].name, output_name)
     onnx.save_model(proto, stem + ".onnx")
