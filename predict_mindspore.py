@@ -13,8 +13,10 @@ prints a summary. Unreadable images are listed, counted and skipped.
 """
 import argparse
 import collections
+import itertools
 import logging
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
@@ -80,7 +82,6 @@ def check_args(args):
         raise ValueError(f"--batch_size and --num_workers must be at least 1 (got {args.batch_size}, "
                          f"{args.num_workers})")
     if args.group_by:
-        import re
         try:
             re.compile(args.group_by)
         except re.error as exc:
@@ -102,26 +103,16 @@ def build_runtime(args):
 def decoded_batches(items, transforms, batch_size, workers):
     """(items, {transform name: stacked images}, errors) per batch, decoded by threads one batch ahead of the model:
     at most two batches of images are held at a time."""
-    def load(item):
-        arrays, error = {}, None
-        for name, transform in transforms.items():
-            arrays[name], error = decode(item, transform)
-            if error:
-                return None, error
-        return arrays, None
-
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    chunks = iter([items[i:i + batch_size] for i in range(0, len(items), batch_size)])
     with ThreadPoolExecutor(workers) as pool:
-        pending = collections.deque()
-        for chunk in chunks[:2]:
-            pending.append((chunk, [pool.submit(load, item) for item in chunk]))
-        next_chunk = 2
+        def submit(chunk):
+            return chunk, [pool.submit(decode, item, transforms) for item in chunk]
+
+        pending = collections.deque(submit(chunk) for chunk in itertools.islice(chunks, 2))
         while pending:
             chunk, futures = pending.popleft()
             results = [f.result() for f in futures]
-            if next_chunk < len(chunks):
-                pending.append((chunks[next_chunk], [pool.submit(load, item) for item in chunks[next_chunk]]))
-                next_chunk += 1
+            pending.extend(submit(following) for following in itertools.islice(chunks, 1))
             errors = [error for _, error in results]
             stacked = {name: np.stack([arrays[name] for arrays, _ in results if arrays is not None])
                        for name in transforms} if any(e is None for e in errors) else None
@@ -200,7 +191,7 @@ def predict(args, runtime, items, writer, report_rows):
             item = items[int(index[k])]
             if not ok[k]:
                 # another rank's unreadable image: its reason is found again here (a failed open is quick)
-                error = local_errors.get(int(index[k])) or decode(item, transforms["eval"])[1] or "unreadable"
+                error = local_errors.get(int(index[k])) or decode(item, transforms)[1] or "unreadable"
                 writer.add(item, error=error)
                 if report_rows is not None:
                     report_rows.append(ReportRow(item.name, item.path, None, item.label, error, None))

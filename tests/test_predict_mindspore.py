@@ -186,3 +186,51 @@ def test_msrun_shards_images_and_rank0_writes_what_one_process_writes(tmp_path, 
     assert np.allclose(np.load(tmp_path / "ms" / "embeddings.npy"), np.load(tmp_path / "one" / "embeddings.npy"),
                        atol=1e-5, equal_nan=True)
     assert logs.count("10 images: 9 processed") == 1  # rank 0 alone writes and summarises
+
+
+def test_accelerator_default_o2_predicts_and_draws_heatmaps_within_float16(tmp_path, finetuned_pth):
+    """--amp_level O2 (the GPU / Ascend default) on the CPU: same graphs, float16 matmuls."""
+    pth, upstream = finetuned_pth
+    data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 1})
+    root = os.path.join(data, "test")
+    out, maps = str(tmp_path / "out"), str(tmp_path / "maps")
+    assert predict_mindspore.run(["--resume", pth, "--model", "vit_tiny_patch16", "--data_path", root,
+                                  "--output_dir", out, "--amp_level", "O2", "--heatmaps", maps, "--target",
+                                  "class_1"]) == 0
+    rows = read_csv(os.path.join(out, "predictions.csv"))
+    probs, _ = upstream_probs_and_embeddings(upstream, [os.path.join(root, r["path"]) for r in rows],
+                                             EvalTransform(32))
+    ours = np.array([[float(r[f"prob_class_{k}"]) for k in range(3)] for r in rows])
+    assert np.abs(ours - probs).max() <= 8 * 2.0 ** -10
+    assert sorted(os.listdir(maps)) == ["class_0__0.png", "class_1__0.png", "class_2__0.png"]
+
+
+def test_ctrl_c_mid_run_leaves_no_partial_file(tmp_path, finetuned_pth, monkeypatch):
+    from util_mindspore import inference_runtimes
+
+    pth, _ = finetuned_pth
+    data = make_dataset(tmp_path / "data", per_split={"test": 4})
+    original, calls = inference_runtimes.MindSporeRuntime.__call__, []
+
+    def interrupted(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, images)
+    monkeypatch.setattr(inference_runtimes.MindSporeRuntime, "__call__", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        predict_mindspore.run(["--resume", pth, "--model", "vit_tiny_patch16", "--data_path",
+                               os.path.join(data, "test"), "--output_dir", str(out), "--batch_size", "4",
+                               "--embeddings"])
+    assert os.listdir(out) == []  # neither the CSVs nor embeddings.npy, finished or partial
+
+
+def test_unwritable_output_dir_is_one_line(tmp_path, finetuned_pth, capsys):
+    pth, _ = finetuned_pth
+    data = make_dataset(tmp_path / "data", per_split={"test": 1})
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the output folder should be")
+    assert predict_mindspore.run(["--resume", pth, "--model", "vit_tiny_patch16", "--data_path",
+                                  os.path.join(data, "test"), "--output_dir", str(blocker / "out")]) == 1
+    assert "not_a_dir" in one_line_error(capsys)

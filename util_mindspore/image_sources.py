@@ -81,14 +81,15 @@ def list_images(data_path, class_names=None):
     return items
 
 
-def decode(item, transform):
-    """(CHW float32 array, None), or (None, why it cannot be read): a bad image is reported, never raised."""
+def decode(item, transforms):
+    """({name: CHW float32 array} for each transform of `transforms`, None), or (None, why it cannot be read): the
+    file is decoded once whatever the number of transforms; a bad image is reported, never raised."""
     try:
         if not _is_image_file(item.path):
             return None, "not a regular image file" if os.path.exists(item.path) else "file not found"
         with Image.open(item.path) as img:
             img.load()
-            return transform(img), None
+            return {name: transform(img) for name, transform in transforms.items()}, None
     except DECODE_ERRORS as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         for quoted in (repr(item.path), f'"{item.path}"', item.path):  # the row names the file already
