@@ -152,8 +152,9 @@ class _Progress:
             self.bar.close()
 
 
-def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
-    """Upstream's loop: lr set every iteration at epoch + it / len(loader); returns averaged stats."""
+def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None, tb_log=None):
+    """Upstream's loop: lr set every iteration at epoch + it / len(loader); returns averaged stats and the lrs.
+    TensorBoard (`tb_log`) gets each optimizer step's loss and lr at the end of the epoch."""
     train_step.set_train(True)
     train_step.reset_accumulation()
     loader.set_epoch(epoch)
@@ -178,45 +179,61 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None):
         lrs.append(lr)
         progress.update(loss=loss_value, lr=lr)
     progress.close()
+    if tb_log is not None:
+        tb_log.log_training_epoch(epoch, len(loader), losses, lrs)
     stats = {"lr": float(np.mean(lrs)), "loss": distributed.all_reduce_mean(float(np.mean(losses)), args)}
     logger.info("Averaged stats: lr: %.6f  loss: %.4f", stats["lr"], stats["loss"])
     return stats, lrs
 
 
+def softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+
+
+def batch_loss(logits, labels):
+    """torch CrossEntropyLoss of one batch (the mean over its images)."""
+    probs = softmax(logits)
+    return float(np.mean(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300))))
+
+
 def predict(model, loader, args):
-    """Logits, labels and dataset indices for this rank's part of the loader (or all of it)."""
+    """Logits, labels, dataset indices and per-batch losses for this rank's part of the loader (or all of it)."""
     model.set_train(False)
-    logits, labels, indices = [], [], []
+    logits, labels, indices, losses = [], [], [], []
     progress = _Progress(len(loader), "Test:", distributed.is_main_process(args), print_freq=10)
     for images, targets, idx in loader:
         logits.append(model(Tensor(images)).asnumpy().astype(np.float64))
         labels.append(targets)
         indices.append(idx)
+        losses.append(batch_loss(logits[-1], targets))
         progress.update()
     progress.close()
     empty = np.zeros((0, args.nb_classes))
     return (np.concatenate(logits) if logits else empty, np.concatenate(labels) if labels else np.zeros(0, np.int32),
-            np.concatenate(indices) if indices else np.zeros(0, np.int64))
+            np.concatenate(indices) if indices else np.zeros(0, np.int64), np.asarray(losses, dtype=np.float64))
 
 
-def evaluate(model, loader, args, mode, class_names):
-    """Metrics on one split (upstream's, scikit-learn); rank 0 writes them with the predictions (write_evaluation).
-
+def evaluate(model, loader, args, mode, class_names, epoch=None, tb_log=None):
+    """Metrics on one split (upstream's, scikit-learn); rank 0 writes them with the predictions (write_evaluation)
+    and, given a TensorBoard writer, upstream's `perf/<metric>` scalars at `epoch`.
     With --dist_eval each rank predicts its disjoint slice and the rows are gathered: every image counted once.
-    val_loss is the mean cross-entropy over images (upstream averages per-batch means; equal for full batches).
+    val_loss is upstream's: the mean of the per-batch mean losses (over every rank's batches under --dist_eval).
     """
-    logits, labels, indices = predict(model, loader, args)
+    logits, labels, indices, losses = predict(model, loader, args)
     if args.dist_eval:
         logits = distributed.all_gather_rows(logits, args)
         labels = distributed.all_gather_rows(labels, args)
         indices = distributed.all_gather_rows(indices, args)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    loss = float(np.mean(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)))) if len(labels) else 0.0
+        losses = distributed.all_gather_rows(losses, args)
+    probs = softmax(logits) if len(logits) else logits
+    loss = float(np.mean(losses)) if len(losses) else 0.0
     results = metrics_lib.compute_metrics(labels, probs, loss)
     if distributed.is_main_process(args):
         paths = [loader.dataset.samples[int(i)][0] for i in indices]
         write_evaluation(os.path.join(args.output_dir, args.task), mode, results, paths, labels, probs, class_names)
+        if tb_log is not None:
+            tb_log.log_evaluation(results, epoch)
     logger.info("[%s] %d images  loss: %.4f  accuracy: %.4f  f1: %.4f  roc_auc: %.4f  kappa: %.4f  score: %.4f",
                 mode, len(labels), loss, results["accuracy"], results["f1"], results["roc_auc"], results["kappa"],
                 results["score"])

@@ -32,6 +32,7 @@ from util_mindspore.metrics import save_training_curves
 from util_mindspore.mixup import Mixup
 from util_mindspore.optim import AdamW
 from util_mindspore.seeding import seed_everything
+from util_mindspore.tensorboard_log import TensorBoardLog
 from util_mindspore.weights import load_arrays_into_model
 
 logger = logging.getLogger("retfound")
@@ -48,6 +49,9 @@ def get_args_parser():
 
     # Model parameters
     parser.add_argument("--model", default="RETFound_mae", type=str, metavar="MODEL", help="name of model to train")
+    parser.add_argument("--model_arch", default="dinov3_vits16", type=str, metavar="MODEL_ARCH",
+                        help="backbone size of --model Dinov2 / Dinov3 (dinov2_vitl14, dinov3_vitb16...); RETFound "
+                             "models ignore it, as upstream")
     parser.add_argument("--input_size", default=256, type=int, help="images input size")
     parser.add_argument("--drop_path", type=float, default=0.2, metavar="PCT", help="drop path rate")
     parser.add_argument("--global_pool", action="store_true")
@@ -68,10 +72,10 @@ def get_args_parser():
 
     # Augmentation parameters
     parser.add_argument("--color_jitter", type=float, default=None, metavar="PCT",
-                        help="color jitter factor (enabled only when not using RandAugment; accepted, unused, "
-                             "as upstream)")
+                        help="color jitter factor: brightness, contrast and saturation, applied only when --aa is ''")
     parser.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", metavar="NAME",
-                        help="RandAugment policy; '' (or 'none') disables it")
+                        help="timm auto-augment policy: rand-..., augmix-..., original, originalr, v0, v0r, 3a; "
+                             "'' (or 'none') disables it")
     parser.add_argument("--smoothing", type=float, default=0.1, help="label smoothing (applied inside mixup/cutmix)")
     parser.add_argument("--reprob", type=float, default=0.25, metavar="PCT", help="random erase prob")
     parser.add_argument("--remode", type=str, default="pixel", help="random erase mode")
@@ -101,7 +105,13 @@ def get_args_parser():
     parser.add_argument("--nb_classes", default=8, type=int, help="number of the classification types")
     parser.add_argument("--output_dir", default="./output_dir", help="path where to save")
     parser.add_argument("--log_dir", default="./output_logs",
-                        help="accepted for upstream compatibility (no tensorboard)")
+                        help="TensorBoard scalars go to <log_dir>/<task> (needs tensorboardX: pip install -e "
+                             "\".[tensorboard]\"); '' turns them off")
+    parser.add_argument("--dataratio", type=str, default="1.0",
+                        help="train on this fraction of the training split, in (0, 1]: the same images as upstream "
+                             "for the same --seed")
+    parser.add_argument("--stratified", action="store_true",
+                        help="with --dataratio: keep the fraction within every class (class proportions kept)")
     parser.add_argument("--device", default=None,
                         help="CPU, GPU (also upstream's cuda, cuda:N) or Ascend (npu, npu:N); default: the device "
                              "this MindSpore installation targets")
@@ -143,6 +153,10 @@ def get_args_parser():
                              "$RETFOUND_MS_COMPILE_CACHE or <weights cache>/compile; 'off' disables it)")
     parser.add_argument("--savemodel", action="store_true", default=True,
                         help="save checkpoints (always on: upstream's flag defaults to True too)")
+    # parsed and unused by upstream too; accepted so its commands run unchanged
+    parser.add_argument("--norm", default="IMAGENET", type=str, help="accepted, unused (as upstream)")
+    parser.add_argument("--enhance", action="store_true", default=False, help="accepted, unused (as upstream)")
+    parser.add_argument("--datasets_seed", default=2026, type=int, help="accepted, unused (as upstream)")
     return parser
 
 
@@ -151,8 +165,16 @@ def check_args(args):
     for flag in ("batch_size", "epochs", "accum_iter", "input_size", "nb_classes"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag} must be at least 1 (got {getattr(args, flag)})")
-    if args.warmup_epochs < 0 or (args.warmup_epochs >= args.epochs and not args.eval):
-        problems.append(f"--warmup_epochs {args.warmup_epochs} must be >= 0 and below --epochs {args.epochs}")
+    if args.warmup_epochs < 0:  # warm-up as long as the run or longer is allowed, as upstream: lr stays in warm-up
+        problems.append(f"--warmup_epochs {args.warmup_epochs} must be >= 0")
+    try:
+        ratio = float(args.dataratio)
+    except ValueError:
+        ratio = None
+    if ratio is None or not 0.0 < ratio <= 1.0:
+        # upstream's float() crashes on a list and silently trains on everything outside (0, 1)
+        problems.append(f"--dataratio '{args.dataratio}' must be one number in (0, 1] (for a sweep, run once per "
+                        "ratio)")
     if args.eval and not args.resume:
         problems.append("--eval needs --resume <checkpoint> (the model to evaluate)")
     if problems:
@@ -180,8 +202,15 @@ def use_compile_cache(args, datasets):
 
 
 def build_model(args):
-    """The model with --finetune weights (not for --eval: --resume brings them), its trainable part and policy."""
-    model = models_vit_mindspore.create_model(args.model, pretrained=None if args.eval else args.finetune,
+    """The model with --finetune weights, or the model's default ones (not for --eval: --resume brings them), its
+    trainable part and policy."""
+    pretrained = None if args.eval else args.finetune
+    if not args.eval and not args.finetune and models_vit_mindspore.default_pretrained(args.model):
+        # as upstream: timm.create_model(pretrained=True). With --finetune, upstream loads these first and then
+        # overwrites every one of them; we skip that download (the same model either way).
+        pretrained = models_vit_mindspore.default_pretrained(args.model)
+        logger.info("%s without --finetune: starting from %s, as upstream", args.model, pretrained)
+    model = models_vit_mindspore.create_model(args.model, pretrained=pretrained,
                                               weights_cache_dir=args.weights_cache_dir, img_size=args.input_size,
                                               num_classes=args.nb_classes, drop_path_rate=args.drop_path,
                                               global_pool=args.global_pool)
@@ -243,7 +272,6 @@ def resume(args, model, train_step=None):
 
 def train(args, model, train_step, datasets, class_names, best_score):
     """Upstream's epochs: train, evaluate on val, keep checkpoint-best (by val score) and checkpoint-last."""
-    out_dir = os.path.join(args.output_dir, args.task)
     train_loader = Loader(datasets["train"], args.batch_size, train=True, num_workers=args.num_workers,
                           seed=args.seed, rank=args.rank, world_size=args.world_size)
     val_loader = eval_loader(datasets["val"], args)
@@ -253,23 +281,36 @@ def train(args, model, train_step, datasets, class_names, best_score):
         mixup_fn = Mixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob, args.mixup_switch_prob,
                          args.mixup_mode, args.smoothing, args.nb_classes, seed=args.seed + args.rank)
     n_parameters = models_vit_mindspore.num_params(model)
+    tb_log = TensorBoardLog(args)
     logger.info("Start training for %d epochs", args.epochs)
-    for epoch in range(args.start_epoch, args.epochs):
-        train_stats, _ = engine.train_one_epoch(train_step, train_loader, epoch, args, mixup_fn)
-        val_stats = engine.evaluate(model, val_loader, args, "val", class_names)
-        if not distributed.is_main_process(args):
-            continue
-        if val_stats["score"] > best_score:
-            best_score = val_stats["score"]
-            train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch,
-                                             best_score, class_names, args)
-        train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
+    try:
+        for epoch in range(args.start_epoch, args.epochs):
+            best_score = train_epoch(args, model, train_step, (train_loader, val_loader), mixup_fn, tb_log,
+                                     class_names, epoch, n_parameters, best_score)
+    finally:
+        tb_log.close()
+
+
+def train_epoch(args, model, train_step, loaders, mixup_fn, tb_log, class_names, epoch, n_parameters, best_score):
+    """One epoch: train, validate, save checkpoint-best when the val score improved and checkpoint-last, log.
+    Returns the best val score so far."""
+    out_dir = os.path.join(args.output_dir, args.task)
+    train_stats, _ = engine.train_one_epoch(train_step, loaders[0], epoch, args, mixup_fn, tb_log)
+    val_stats = engine.evaluate(model, loaders[1], args, "val", class_names, epoch, tb_log)
+    if not distributed.is_main_process(args):
+        return best_score
+    if val_stats["score"] > best_score:
+        best_score = val_stats["score"]
+        train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch,
                                          best_score, class_names, args)
-        engine.append_log(args, {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch,
-                                 "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
-                                 "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
-        with open(os.path.join(out_dir, "log.txt"), encoding="utf-8") as fh:
-            save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
+    train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
+                                     best_score, class_names, args)
+    engine.append_log(args, {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch,
+                             "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
+                             "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
+    with open(os.path.join(out_dir, "log.txt"), encoding="utf-8") as fh:
+        save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
+    return best_score
 
 
 def evaluate_best_on_test(args, model, test_loader, class_names):

@@ -268,6 +268,16 @@ def list_models():
     return sorted(_MODELS)
 
 
+# Weights a model starts from when --finetune is not given, as upstream's timm.create_model(pretrained=True) does.
+DEFAULT_PRETRAINED = {
+    "RETFound_dinov2": "timm/vit_large_patch14_dinov2.lvd142m/model.safetensors",  # Meta's LVD-142M DINOv2 ViT-L/14
+}
+
+
+def default_pretrained(name: str) -> Optional[str]:
+    return DEFAULT_PRETRAINED.get(name)
+
+
 def create_model(name: str, pretrained: Optional[str] = None, weights_cache_dir: Optional[str] = None,
                  **kwargs) -> VisionTransformer:
     """A registered model. With `pretrained` (what --finetune takes: a published name, `org/repo[/file]`, a

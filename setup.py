@@ -23,7 +23,10 @@ TORCH = ["torch==2.14.1"]
 # Export to ONNX (export_mindspore.py): the onnx package edits the graph, onnxruntime verifies it. ml_dtypes (onnx's)
 # from 0.6 on needs numpy 2.
 ONNX = ["onnx>=1.17,<2", "onnxruntime>=1.20,<2", "ml_dtypes>=0.5,<0.6"]
-DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2", *ONNX]
+# TensorBoard scalars under --log_dir, as upstream writes them (main_finetune_mindspore.py says when it is missing).
+TENSORBOARD = ["tensorboardX>=2.6,<3"]
+DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2", *ONNX,
+       *TENSORBOARD]
 
 setup(
     name="retfound-mindspore",
@@ -41,5 +44,5 @@ setup(
     ],
     packages=["util_mindspore"],
     install_requires=RUNTIME,
-    extras_require={"torch": TORCH, "onnx": ONNX, "dev": DEV},
+    extras_require={"torch": TORCH, "onnx": ONNX, "tensorboard": TENSORBOARD, "dev": DEV},
 )

@@ -89,3 +89,12 @@ def upstream_load(model, path):
         sd["pos_embed"] = torch.cat((pos[:, :1], tokens.permute(0, 2, 3, 1).flatten(1, 2)), dim=1)
     model.load_state_dict(sd, strict=False)
     return model.eval()
+
+
+def timm_dinov2_lvd142m(path, depth=2, seed=15):
+    """timm's HuggingFace `timm/vit_large_patch14_dinov2.lvd142m` model.safetensors: timm key names, no head,
+    37x37 grid (518 px)."""
+    from safetensors.torch import save_file
+    model = randomize_(create_reference("RETFound_dinov2", img_size=518, num_classes=0, depth=depth), seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return model

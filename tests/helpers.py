@@ -34,7 +34,7 @@ def make_dataset(root, classes=("a", "b", "c"), per_split=None, size=40):
 def small_argv(data, out, epochs=3, extra=()):
     return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
             "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
-            "--output_dir", out, "--task", "t", "--num_workers", "2", *extra]
+            "--output_dir", out, "--task", "t", "--num_workers", "2", "--log_dir", os.path.join(out, "tb"), *extra]
 
 
 def publish(hub, tmp_path, name, writer, **kwargs):
@@ -43,3 +43,22 @@ def publish(hub, tmp_path, name, writer, **kwargs):
     writer(path, **kwargs)
     hub.add(f"YukunZhou/{name}", f"{name}.pth", path, gated=True)
     return path
+
+
+def read_tensorboard_scalars(folder):
+    """{tag: [(step, value), ...]} from the TensorBoard event files in `folder` (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    scalars = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as fh:
+            data = fh.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_dataset
-from util_mindspore.datasets import DataError, Loader, build_dataset, build_datasets
+from util_mindspore.datasets import DataError, Loader, build_dataset, build_datasets, subsample_indices
 
 
 def data_args(data, **extra):
@@ -111,3 +111,62 @@ def test_memory_of_a_pass_is_bounded_by_the_queue(tmp_path):
     # one batch consumed, two queued, one being put: at most 4 batches of 2 decoded
     assert len(made) <= 8
     batches.close()
+
+
+def upstream_subset(targets, ratio, seed, stratified):
+    """upstream util/datasets.py's choice of training images, computed with torch as upstream does."""
+    torch = pytest.importorskip("torch")
+    n = len(targets)
+    if not 0.0 < ratio < 1.0:
+        return list(range(n))
+    if not stratified:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, int(n * ratio))].tolist()
+    labels, generator, kept = torch.as_tensor(targets), torch.Generator().manual_seed(seed), []
+    for label in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == label).view(-1)
+        kept += members[torch.randperm(len(members), generator=generator)[:max(1, int(round(len(members) * ratio)))]
+                        ].tolist()
+    return torch.tensor(kept)[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed + 1))].tolist()
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+@pytest.mark.parametrize("ratio", [0.05, 0.25, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_dataratio_picks_upstreams_indices(ratio, seed, stratified):
+    targets = np.repeat(np.arange(4), [13, 40, 7, 25])
+    np.random.default_rng(seed).shuffle(targets)
+    np.testing.assert_array_equal(subsample_indices(targets, ratio, seed, stratified),
+                                  upstream_subset(targets.tolist(), ratio, seed, stratified))
+
+
+def test_dataratio_subsamples_train_only_and_keeps_labels(tmp_path):
+    data = make_dataset(tmp_path / "data", per_split={"train": 10, "val": 4, "test": 4})
+    args = data_args(data, dataratio="0.4", stratified=True, seed=0)
+    full = build_dataset("train", data_args(data))
+    train = build_dataset("train", args)
+    expected = upstream_subset(full.targets.tolist(), 0.4, 0, True)
+    assert train.samples == [full.samples[i] for i in expected]
+    assert train.targets.tolist() == [full.targets[i] for i in expected]
+    assert len(build_dataset("val", args)) == 12
+
+
+def test_image_order_and_links_as_torchvision(tmp_path):
+    """torchvision's ImageFolder follows links and sorts by folder, then name; a link loop is walked once."""
+    datasets = pytest.importorskip("torchvision.datasets")
+    data = make_dataset(tmp_path / "data", per_split={"train": 3})
+    cls = tmp_path / "data" / "train" / "a"
+    os.makedirs(cls / "sub")
+    os.rename(cls / "2.png", cls / "sub" / "0.png")
+    outside = tmp_path / "elsewhere"
+    os.makedirs(outside)
+    os.rename(tmp_path / "data" / "train" / "b" / "1.png", outside / "x.png")
+    os.symlink(outside / "x.png", tmp_path / "data" / "train" / "b" / "linked.png")
+    os.symlink(outside, cls / "linked_folder")
+    os.symlink(tmp_path / "data" / "train" / "c", tmp_path / "data" / "train" / "d")  # a linked class folder
+    expected = datasets.ImageFolder(os.path.join(data, "train")).samples
+    ours = build_dataset("train", data_args(data, nb_classes=4))
+    assert [(p, int(t)) for p, t in ours.samples] == [(p, t) for p, t in expected]
+    assert ours.classes == ["a", "b", "c", "d"]
+    os.symlink(cls, cls / "sub" / "loop")  # a loop: torchvision would list a/sub/loop/sub/loop/... until ELOOP
+    looped = build_dataset("train", data_args(data, nb_classes=4))
+    assert looped.samples == ours.samples  # the folder the loop leads back to was walked already

@@ -15,18 +15,33 @@ def fundus_like(mode="RGB", size=(90, 70)):
     return rgb if mode == "RGB" else rgb.convert(mode)
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "LA", "1"])
-def test_any_image_mode_becomes_rgb(mode):
-    img = T.to_rgb(fundus_like(mode))
-    assert img.mode == "RGB" and img.size == (90, 70)
-    assert np.asarray(img).max() > 0
+PILLOW_MODES = ["1", "L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "F"]
 
 
-def test_16_bit_greyscale_is_scaled_not_clipped():
-    img = Image.fromarray(np.full((4, 4), 65535, np.uint16))
-    assert np.asarray(T.to_rgb(img)).min() == 255
-    img = Image.fromarray(np.full((4, 4), 32768, np.uint16))
-    assert abs(int(np.asarray(T.to_rgb(img))[0, 0, 0]) - 128) <= 1
+def odd_mode_image(mode, size=(9, 7)):
+    """An image of `mode` holding varied values (beyond 8 bits where the mode allows)."""
+    rng = np.random.default_rng(1)
+    if mode in ("I", "F"):
+        return Image.fromarray((rng.random((size[1], size[0])) * 70000 - 1000).astype(
+            np.int32 if mode == "I" else np.float32), mode)
+    if mode.startswith("I;16"):
+        return Image.fromarray((rng.random((size[1], size[0])) * 65535).astype(np.uint16)).convert(mode)
+    rgba = Image.fromarray((rng.random((size[1], size[0], 4)) * 255).astype(np.uint8), "RGBA")
+    return rgba if mode == "RGBA" else rgba.convert(mode)
+
+
+@pytest.mark.parametrize("mode", PILLOW_MODES)
+def test_decode_is_upstreams_convert_rgb_for_every_mode(mode, tmp_path):
+    """upstream's loader is Image.open(path).convert('RGB'): the same pixels for every mode Pillow opens."""
+    img = odd_mode_image(mode)
+    ours = T.to_rgb(img)
+    assert ours.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(img.convert("RGB")))
+
+
+def test_alpha_is_dropped_not_composited():
+    img = Image.new("RGBA", (2, 2), (200, 100, 50, 0))  # fully transparent
+    assert np.asarray(T.to_rgb(img))[0, 0].tolist() == [200, 100, 50]
 
 
 @pytest.mark.parametrize("size", [64, 224, 256])
@@ -49,21 +64,57 @@ def test_train_transform_shapes_and_erasing():
     np.testing.assert_array_equal(out, again)  # one seed, one augmentation
 
 
-def test_randaugment_at_full_magnitude_never_asks_for_zero_bits():
-    policy = T.RandAugment("rand-m10-n4-mstd0-inc1")
-    policy.prob = 1.0
-    img = fundus_like()
-    rng = random.Random(0)
-    for _ in range(300):  # every op, including PosterizeIncreasing at level 10 (timm: 0 bits)
-        assert policy(img, rng).size == img.size
+def test_aa_empty_or_none_disables_the_policy():
+    assert T.TrainTransform(32, aa="").augment is None
+    assert T.TrainTransform(32, aa="none").augment is None
 
 
-@pytest.mark.parametrize("policy", ["v0", "rand-m9-inc0", "rand-x3"])
-def test_unknown_policies_are_refused(policy):
-    with pytest.raises(ValueError, match="--aa"):
-        T.RandAugment(policy)
+@pytest.mark.parametrize("mode", ["const", "rand", "pixel"])
+@pytest.mark.parametrize("count", [1, 3])
+def test_random_erasing_boxes_equal_timms(mode, count):
+    """The same Python random state erases the same boxes as timm's RandomErasing; the fills follow the mode."""
+    torch = pytest.importorskip("torch")
+    from timm.data.random_erasing import RandomErasing
+    base = np.random.default_rng(0).standard_normal((3, 40, 48)).astype(np.float32) + 10.0  # never near a fill
+    for seed in range(20):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        expected = RandomErasing(0.7, mode=mode, max_count=count, device="cpu")(torch.from_numpy(base.copy()))
+        ours = T.random_erasing(base.copy(), random.Random(seed), 0.7, mode, count)
+        erased_theirs, erased_ours = expected.numpy() != base, ours != base
+        np.testing.assert_array_equal(erased_ours, erased_theirs)
+        if mode == "const":
+            np.testing.assert_array_equal(ours, expected.numpy())
+        if mode == "rand" and erased_ours.any():  # one value per channel within a box
+            values = ours[:, erased_ours.any(axis=0)]
+            assert all(len(np.unique(channel)) <= count for channel in values)
 
 
-def test_aa_empty_or_none_disables_randaugment():
-    assert T.TrainTransform(32, aa="").randaugment is None
-    assert T.TrainTransform(32, aa="none").randaugment is None
+def test_unknown_erase_mode_is_refused():
+    with pytest.raises(ValueError, match="--remode 'cube'"):
+        T.TrainTransform(32, remode="cube")
+
+
+def test_color_jitter_equals_torchvision_for_the_same_draws():
+    F = pytest.importorskip("torchvision.transforms.functional")
+    img = fundus_like(size=(40, 30))
+    adjust = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation]
+    for order, factors in [([0, 1, 2, 3], [0.7, 1.3, 1.1]), ([3, 2, 0, 1], [1.35, 0.65, 0.9])]:
+        expected = img
+        for slot in order:
+            if slot < 3:
+                expected = adjust[slot](expected, factors[slot])
+        np.testing.assert_array_equal(np.asarray(T.apply_color_jitter(img, order, factors)), np.asarray(expected))
+
+
+def test_color_jitter_only_without_a_policy_as_timm():
+    timm_data = pytest.importorskip("timm.data")
+    for aa, jitter in [("", 0.4), ("rand-m9-mstd0.5-inc1", 0.4), ("3a", 0.4), ("", None)]:
+        reference = timm_data.create_transform(32, is_training=True, auto_augment=aa or None, color_jitter=jitter,
+                                               interpolation="bicubic")
+        timm_has = any(type(t).__name__ == "ColorJitter" for t in reference.transforms)
+        assert (T.TrainTransform(32, aa=aa, color_jitter=jitter).jitter is not None) == timm_has, aa
+    img = fundus_like(size=(40, 30))
+    jittered = T.TrainTransform(32, aa="", reprob=0, color_jitter=0.4)(img, random.Random(5))
+    plain = T.TrainTransform(32, aa="", reprob=0)(img, random.Random(5))
+    assert np.abs(jittered - plain).max() > 0.01

@@ -120,3 +120,27 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
     model = M.create_model("vit_tiny_patch16", img_size=224, num_classes=3)
     with pytest.raises(WeightError, match=r"does not fit this model.*cls_token \(1, 1, 1024\)"):
         load_pretrained_weights(model, path)
+
+
+def test_retfound_dinov2_without_finetune_starts_from_lvd142m_as_timm_loads_it(hub, tmp_path):
+    """upstream: timm.create_model('vit_large_patch14_dinov2.lvd142m', pretrained=True, img_size=224). timm shrinks
+    pos_embed 37x37 -> 16x16 with antialiasing and leaves the new head at trunc_normal(0.02)."""
+    set_mode("pynative")
+    source = M.default_pretrained("RETFound_dinov2")
+    repo, filename = source.rsplit("/", 1)
+    path = str(tmp_path / filename)
+    layouts.timm_dinov2_lvd142m(path, depth=2)
+    hub.add(repo, filename, path, gated=False)
+    ours = M.create_model("RETFound_dinov2", pretrained=source, img_size=224, num_classes=5, depth=2)
+    ref = torch_timm_pretrained(path, depth=2)
+    std = float(ours.head.weight.asnumpy().std())
+    assert 0.015 < std < 0.025, f"head drawn with std {std}, timm's is 0.02"
+    np.testing.assert_allclose(ours.pos_embed.asnumpy(), ref.pos_embed.detach().numpy(), atol=1e-5)
+    ours.set_train(False)
+    assert_logits_equal(ours, same_random_head(ref, ours), 224, "LVD-142M default weights 518->224 (depth 2)")
+
+
+def torch_timm_pretrained(path, depth):
+    import timm
+    return timm.create_model("vit_large_patch14_dinov2.lvd142m", pretrained=True, img_size=224, num_classes=5,
+                             depth=depth, pretrained_cfg_overlay={"file": path})

@@ -13,6 +13,7 @@ producer thread keeps a bounded queue of ready batches filled while the training
 (a new seeded shuffle each epoch) and, for evaluation, gives each rank a disjoint slice so every image is seen
 exactly once (no padding). Threads live for one pass over the data: they end with it, on an error and on Ctrl-C.
 """
+import logging
 import os
 import queue
 import random
@@ -24,7 +25,10 @@ import numpy as np
 from PIL import Image
 
 from util_mindspore.errors import first_line
+from util_mindspore.seeding import TorchCPUGenerator
 from util_mindspore.transforms import build_transform
+
+logger = logging.getLogger("retfound")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -41,6 +45,40 @@ def is_regular_file(path):
         return False
 
 
+def list_images(folder):
+    """Image files under `folder` in torchvision ImageFolder's order: os.walk following symbolic links, sorted by
+    folder then name. Only regular files (after links) are taken; a folder reached twice through links (a loop)
+    is walked once, where torchvision would go round it until the path grows too long."""
+    walked, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen]
+        walked.append((dirpath, dirnames, filenames))
+    return [os.path.join(dirpath, name) for dirpath, _, filenames in sorted(walked) for name in sorted(filenames)
+            if name.lower().endswith(IMG_EXTENSIONS) and is_regular_file(os.path.join(dirpath, name))]
+
+
+def subsample_indices(targets, ratio, seed, stratified=False):
+    """Upstream's --dataratio subset of the training split (its util/datasets.py), index for index.
+
+    Uniform: the first max(1, int(n * ratio)) of randperm(n) seeded `seed`. Stratified: per class, in class order,
+    max(1, round(n_c * ratio)) indices from a randperm of that class drawn from one generator seeded `seed`, then
+    all of them shuffled by a randperm seeded `seed + 1`. A ratio of 1 (or outside (0, 1)) keeps everything.
+    """
+    targets = np.asarray(targets)
+    n = len(targets)
+    if not 0.0 < ratio < 1.0:
+        return np.arange(n)
+    if not stratified:
+        return TorchCPUGenerator(seed).randperm(n)[:max(1, int(n * ratio))]
+    generator, keep = TorchCPUGenerator(seed), []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        keep.extend(members[generator.randperm(len(members))[:max(1, int(round(len(members) * ratio)))]].tolist())
+    keep = np.asarray(keep, dtype=np.int64)
+    return keep[TorchCPUGenerator(seed + 1).randperm(len(keep))]
+
+
 class ImageFolder:
     def __init__(self, root, transform=None):
         self.root, self.transform = root, transform
@@ -52,9 +90,7 @@ class ImageFolder:
         self.samples = []
         for index, name in enumerate(self.classes):
             folder = os.path.join(root, name)
-            files = sorted(
-                os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(folder) for f in filenames
-                if f.lower().endswith(IMG_EXTENSIONS) and is_regular_file(os.path.join(dirpath, f)))
+            files = list_images(folder)
             if not files:
                 raise DataError(f"{folder}: class '{name}' has no images ({', '.join(IMG_EXTENSIONS)})")
             self.samples.extend((path, index) for path in files)
@@ -62,6 +98,11 @@ class ImageFolder:
 
     def __len__(self):
         return len(self.samples)
+
+    def keep_only(self, indices):
+        """This dataset reduced to `indices`, in that order (upstream's torch Subset)."""
+        self.samples = [self.samples[int(i)] for i in indices]
+        self.targets = self.targets[np.asarray(indices, dtype=np.int64)]
 
     def load(self, index, rng):
         path, target = self.samples[index]
@@ -89,7 +130,14 @@ class ImageFolder:
 
 
 def build_dataset(split, args):
-    return ImageFolder(os.path.join(args.data_path, split), build_transform(split == "train", args))
+    dataset = ImageFolder(os.path.join(args.data_path, split), build_transform(split == "train", args))
+    ratio = float(getattr(args, "dataratio", 1.0))
+    if split == "train" and ratio < 1.0:
+        total = len(dataset)
+        dataset.keep_only(subsample_indices(dataset.targets, ratio, args.seed, getattr(args, "stratified", False)))
+        logger.info("--dataratio %s%s: training on %d of %d images", args.dataratio,
+                    " --stratified" if getattr(args, "stratified", False) else "", len(dataset), total)
+    return dataset
 
 
 def build_datasets(args, splits):

@@ -1,6 +1,7 @@
 """Upstream's evaluation metrics (scikit-learn), its metrics CSV, and the pictures we write beside it."""
 import csv
 import os
+import warnings
 
 import numpy as np
 
@@ -9,7 +10,14 @@ METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard",
 
 
 def compute_metrics(labels, probs, loss):
-    """Upstream's metrics from true labels and softmax probabilities; score = (F1 + ROC-AUC + kappa) / 3."""
+    """Upstream's metrics, each scikit-learn call made as upstream's engine_finetune.evaluate makes it (one-hot
+    labels and predictions where upstream uses them), so every CSV column equals upstream's on the same data.
+
+    Where a class is absent from the split, ROC-AUC is undefined: scikit-learn >= 1.6 returns nan (older versions
+    raised, stopping upstream's run), and nan is what metrics_<mode>.csv gets. Deliberate difference: the score
+    that picks checkpoint-best then uses the macro ROC-AUC of the classes the split does have (`roc_auc_present`),
+    so a split without some class still selects a best epoch; upstream's `max_score < nan` never would.
+    """
     # imported here: scikit-learn is slow to import, and training needs it only after the first epoch
     from sklearn.metrics import (
         accuracy_score,
@@ -22,36 +30,39 @@ def compute_metrics(labels, probs, loss):
         recall_score,
         roc_auc_score,
     )
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     num_classes = probs.shape[1]
     preds = probs.argmax(axis=1)
-    class_ids = list(range(num_classes))
-    onehot = np.eye(num_classes)[labels]
-    present = onehot.sum(axis=0) > 0
-    try:
-        if num_classes == 2:
-            roc_auc = roc_auc_score(labels, probs[:, 1])
-        else:
-            roc_auc = roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=class_ids)
-    except ValueError:  # a class absent from this split: AUC undefined, reported as 0 like upstream
-        roc_auc = 0.0
-    metrics = {
-        "val_loss": float(loss),
-        "accuracy": accuracy_score(labels, preds),
-        "f1": f1_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
-        "roc_auc": roc_auc,
-        "hamming": hamming_loss(labels, preds),
-        "jaccard": jaccard_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
-        "precision": precision_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
-        "recall": recall_score(labels, preds, average="macro", labels=class_ids, zero_division=0),
-        "average_precision": average_precision_score(onehot[:, present], probs[:, present], average="macro")
-        if present.any() else 0.0,
-        "kappa": cohen_kappa_score(labels, preds, labels=class_ids),
-    }
-    metrics = {k: float(v) if np.isfinite(v) else 0.0 for k, v in metrics.items()}
-    metrics["score"] = (metrics["f1"] + metrics["roc_auc"] + metrics["kappa"]) / 3.0
+    true_onehot, pred_onehot = np.eye(num_classes, dtype=np.int64)[labels], np.eye(num_classes, dtype=np.int64)[preds]
+    with warnings.catch_warnings():  # undefined per-class values are expected on small splits; the CSV shows them
+        warnings.simplefilter("ignore")
+        metrics = {
+            "val_loss": float(loss),
+            "accuracy": accuracy_score(labels, preds),
+            "f1": f1_score(true_onehot, pred_onehot, zero_division=0, average="macro"),
+            "roc_auc": _roc_auc(roc_auc_score, true_onehot, probs),
+            "hamming": hamming_loss(true_onehot, pred_onehot),
+            "jaccard": jaccard_score(true_onehot, pred_onehot, average="macro"),
+            "precision": precision_score(true_onehot, pred_onehot, zero_division=0, average="macro"),
+            "recall": recall_score(true_onehot, pred_onehot, zero_division=0, average="macro"),
+            "average_precision": average_precision_score(true_onehot, probs, average="macro"),
+            "kappa": cohen_kappa_score(labels, preds),
+        }
+        metrics = {k: float(v) for k, v in metrics.items()}
+        ranked = (true_onehot.min(axis=0) == 0) & (true_onehot.max(axis=0) == 1)  # classes with both outcomes
+        auc_present = metrics["roc_auc"] if np.isfinite(metrics["roc_auc"]) or not ranked.any() else float(
+            roc_auc_score(true_onehot[:, ranked], probs[:, ranked], average="macro"))
+    metrics["roc_auc_present"] = auc_present
+    metrics["score"] = (metrics["f1"] + auc_present + metrics["kappa"]) / 3.0
     return metrics
+
+
+def _roc_auc(roc_auc_score, true_onehot, probs):
+    try:
+        return roc_auc_score(true_onehot, probs, multi_class="ovr", average="macro")
+    except ValueError:  # scikit-learn < 1.6 raises where a class is absent; later versions return nan
+        return float("nan")
 
 
 def append_metrics_csv(path, metrics):

@@ -1,8 +1,12 @@
-"""Position-embedding resizing that reproduces upstream's `F.interpolate(mode='bicubic', align_corners=False)`.
+"""Position-embedding resizing that reproduces torch's `F.interpolate(mode='bicubic', align_corners=False)`.
 
 MindSpore's bicubic resize uses another kernel (differences up to 0.45 on real embeddings), so the
-torch kernel is rebuilt here in numpy: separable cubic convolution, a = -0.75, half-pixel source
-positions, indices clamped at the borders, no antialiasing.
+torch kernels are rebuilt here in numpy, both of them:
+- antialias=False (upstream's own interpolate_pos_embed, for RETFound and Meta checkpoints): separable cubic
+  convolution, a = -0.75, half-pixel source positions, indices clamped at the borders;
+- antialias=True (timm's resample_abs_pos_embed, which upstream's timm.create_model(pretrained=True) applies to
+  timm's weights): Pillow-style separable filter, a = -0.5, widened by the scale when shrinking, weights
+  renormalised over the taps inside the grid.
 """
 import numpy as np
 
@@ -33,7 +37,29 @@ def bicubic_matrix(in_size, out_size):
     return matrix
 
 
-def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1):
+def antialiased_bicubic_matrix(in_size, out_size, a=-0.5):
+    """(out_size, in_size) matrix of torch's bicubic resize with antialias=True, align_corners=False."""
+    def kernel(x):
+        x = np.abs(x)
+        return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                        np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        first = max(int(center - support + 0.5), 0)
+        last = min(int(center + support + 0.5), in_size)
+        taps = np.arange(first, last)
+        weights = kernel((taps - center + 0.5) * invscale)
+        total = weights.sum()
+        matrix[i, first:last] = weights / total if total != 0 else weights
+    return matrix
+
+
+def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1, antialias=False):
     """Resize a (1, extra + g*g, D) position embedding to new_grid x new_grid; extra tokens are kept."""
     pos_embed = np.asarray(pos_embed)
     extra, tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
@@ -44,6 +70,6 @@ def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1):
         return pos_embed
     dim = tokens.shape[-1]
     grid = tokens.reshape(old_grid, old_grid, dim).astype(np.float64)
-    m = bicubic_matrix(old_grid, new_grid)
+    m = (antialiased_bicubic_matrix if antialias else bicubic_matrix)(old_grid, new_grid)
     resized = np.einsum("ih,hwd,jw->ijd", m, grid, m).reshape(1, new_grid * new_grid, dim)
     return np.concatenate([extra, resized.astype(pos_embed.dtype)], axis=1)

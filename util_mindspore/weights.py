@@ -20,6 +20,8 @@ from util_mindspore.train_checkpoint import read_checkpoint
 
 logger = logging.getLogger("retfound.weights")
 
+TIMM_HUB_ORG = "timm"
+
 # Backbone parameters: a model parameter of these families must come from the checkpoint.
 _BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
 
@@ -41,8 +43,11 @@ class LoadReport:
                 f"re-initialised: {few(self.reinitialized)}")
 
 
-def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
-    """Load name -> array into `model` by name; strict about the backbone, loud about everything else."""
+def load_arrays_into_model(model, arrays, source="state dict", keep_head=True, antialias_pos_embed=False,
+                           head_init_std=2e-5):
+    """Load name -> array into `model` by name; strict about the backbone, loud about everything else.
+    `antialias_pos_embed`: resize pos_embed as timm does (see util_mindspore/pos_embed.py); a head the source
+    does not fill is drawn trunc_normal(head_init_std)."""
     params = dict(model.parameters_and_names())
     arrays = dict(arrays)
     interpolated, reinitialized, mismatched = [], [], []
@@ -50,7 +55,7 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
             tuple(arrays["pos_embed"].shape) != tuple(params["pos_embed"].shape):
         grid = model.patch_embed.grid_size
         old = arrays["pos_embed"].shape
-        arrays["pos_embed"] = interpolate_pos_embed(arrays["pos_embed"], grid)
+        arrays["pos_embed"] = interpolate_pos_embed(arrays["pos_embed"], grid, antialias=antialias_pos_embed)
         interpolated.append(f"pos_embed {tuple(old)}->{tuple(arrays['pos_embed'].shape)}")
     head_keys = [k for k in params if k.startswith("head.")]
     head_fits = keep_head and head_keys and all(
@@ -73,7 +78,7 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True):
             param.set_data(ms.Tensor(np.ascontiguousarray(arrays[name]), dtype=param.dtype))
             loaded.append(name)
     if head_keys and not head_fits:  # a model with head.* parameters has a Linear head
-        trunc_normal_linear_(model.head, std=2e-5)
+        trunc_normal_linear_(model.head, std=head_init_std)
         reinitialized.extend(head_keys)
     unexpected = sorted(k for k in arrays if k not in params or (k.startswith("head.") and not head_fits))
     missing = [n for n in missing if n not in reinitialized]
@@ -90,7 +95,11 @@ def load_pretrained_weights(model: ms.nn.Cell, name_or_path: str, cache_dir: Opt
     pos_embed is interpolated to the model's grid as upstream does; a `head` whose shape differs (or that
     the source lacks) is re-initialised trunc_normal(std=2e-5) as upstream does. A head that fits (an
     upstream fine-tuned checkpoint-best.pth) is kept, where upstream would re-initialise it: we keep what
-    the user's checkpoint holds.
+    the user's checkpoint holds. Weights of HuggingFace's `timm/` organisation (DINOv2's LVD-142M) reach upstream
+    through timm.create_model(pretrained=True), which resizes pos_embed with antialiasing and leaves the new head
+    at timm's initialisation, trunc_normal(0.02) (upstream re-draws it only for --finetune): so do we, for them.
     """
     ckpt_path = download_and_convert_weights(name_or_path, cache_dir, token=token, revision=revision, force=force)
-    return load_arrays_into_model(model, read_checkpoint(ckpt_path).weights, source=str(name_or_path))
+    from_timm = str(name_or_path).startswith(TIMM_HUB_ORG + "/")
+    return load_arrays_into_model(model, read_checkpoint(ckpt_path).weights, source=str(name_or_path),
+                                  antialias_pos_embed=from_timm, head_init_std=0.02 if from_timm else 2e-5)
