@@ -28,6 +28,7 @@ def get_args_parser():
                              "(default $RETFOUND_MS_CACHE or ~/.cache/retfound_mindspore)")
     parser.add_argument("--model", default=None,
                         help="model to load into (default: RETFound_dinov2 for DINOv2 names, else RETFound_mae)")
+    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
     parser.add_argument("--nb_classes", default=5, type=int)
     parser.add_argument("--input_size", default=224, type=int)
     parser.add_argument("--global_pool", action="store_true", default=True)
@@ -40,7 +41,8 @@ def get_args_parser():
 
 
 def main(args) -> int:
-    model_name = args.model or ("RETFound_dinov2" if PUBLISHED.get(args.finetune) == "dinov2" else "RETFound_mae")
+    model_name = models_vit_mindspore.resolve_model_name(args.model, args.model_arch) if args.model else None
+    model_name = model_name or ("RETFound_dinov2" if PUBLISHED.get(args.finetune) == "dinov2" else "RETFound_mae")
     model = models_vit_mindspore.create_model(model_name, img_size=args.input_size, num_classes=args.nb_classes,
                                               global_pool=args.global_pool)
     path = download_and_convert_weights(args.finetune, args.cache_dir, token=args.token, revision=args.revision,

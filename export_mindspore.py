@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import mindspore as ms
 
+import models_vit_mindspore
 from util_mindspore import export
 from util_mindspore.atomic_files import atomic_write
 from util_mindspore.compute_policy import AMP_LEVELS
@@ -33,6 +34,7 @@ def get_args_parser():
     parser.add_argument("--resume", required=True,
                         help="our .ckpt, an upstream checkpoint-best.pth, or a published name (with --embeddings)")
     parser.add_argument("--model", default=None, help="registered model (default: the checkpoint's, else RETFound_mae)")
+    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
     parser.add_argument("--nb_classes", default=None, type=int, help="default: the checkpoint head's classes")
     parser.add_argument("--input_size", default=None, type=int,
                         help="default: the checkpoint's (from its arguments, else its position-embedding grid)")
@@ -104,6 +106,8 @@ def sidecar(args, trained, formats, files, checks, batch, output_dim):
 
 
 def main(args):
+    if args.model:
+        args.model = models_vit_mindspore.resolve_model_name(args.model, args.model_arch)
     formats = parse_formats(args.format)
     batch = parse_batch(args.batch)
     if "onnx" in formats:

@@ -50,9 +50,11 @@ def get_args_parser():
     # Model parameters
     parser.add_argument("--model", default="RETFound_mae", type=str, metavar="MODEL", help="name of model to train")
     parser.add_argument("--model_arch", default="dinov3_vits16", type=str, metavar="MODEL_ARCH",
-                        help="backbone size of --model Dinov2 / Dinov3 (dinov2_vitl14, dinov3_vitb16...); RETFound "
-                             "models ignore it, as upstream")
-    parser.add_argument("--input_size", default=256, type=int, help="images input size")
+                        help="the size of --model Dinov2 (dinov2_vits14, _vitb14, _vitl14, _vitg14); other models "
+                             "ignore it, as upstream")
+    parser.add_argument("--input_size", default=None, type=int,
+                        help="images input size (default: 256, upstream's; 224 for DINOv2 models, which upstream "
+                             "builds at 224)")
     parser.add_argument("--drop_path", type=float, default=0.2, metavar="PCT", help="drop path rate")
     parser.add_argument("--global_pool", action="store_true")
     parser.set_defaults(global_pool=True)
@@ -161,6 +163,9 @@ def get_args_parser():
 
 
 def check_args(args):
+    args.model = models_vit_mindspore.resolve_model_name(args.model, args.model_arch)
+    if args.input_size is None:
+        args.input_size = models_vit_mindspore.default_input_size(args.model)
     problems = []
     for flag in ("batch_size", "epochs", "accum_iter", "input_size", "nb_classes"):
         if getattr(args, flag) < 1:

@@ -20,12 +20,13 @@ from util_mindspore.layers import (
     LayerScale,
     Linear,
     PatchProjection,
+    SiLU,
     Softmax,
     merge_heads,
     split_heads,
     trunc_normal,
 )
-from util_mindspore.weights import load_pretrained_weights
+from util_mindspore.weights import load_pretrained_weights, set_architecture_guesser
 
 __all__ = ["VisionTransformer", "RETFound_mae", "RETFound_dinov2", "create_model", "list_models"]
 
@@ -95,17 +96,37 @@ class Mlp(nn.Cell):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class SwiGLUMlp(nn.Cell):
+    """DINOv2 ViT-g's feed-forward (timm's SwiGLUPacked; Meta's `w12`/`w3`, renamed fc1/fc2 as upstream does):
+    fc1 to a packed width, silu(first half) * second half, fc2 from half that width."""
+
+    def __init__(self, in_features, hidden_features):
+        super().__init__()
+        self.fc1 = Linear(in_features, hidden_features)
+        self.act = SiLU()
+        self.fc2 = Linear(hidden_features // 2, in_features)
+        self.half = hidden_features // 2
+
+    def construct(self, x):
+        x = self.fc1(x)
+        return self.fc2(self.act(x[..., :self.half]) * x[..., self.half:])
+
+
+MLP_LAYERS = {"mlp": Mlp, "swiglu": SwiGLUMlp}
+
+
 class Block(PolicyCell):
     """Pre-norm transformer block; each branch is added to the residual stream in the residual dtype."""
 
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.0, init_values=None, eps=1e-6):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.0, init_values=None, eps=1e-6,
+                 mlp_layer="mlp"):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = LayerNorm(dim, eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = MLP_LAYERS[mlp_layer](dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
@@ -128,7 +149,7 @@ class VisionTransformer(PolicyCell):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.0, global_pool=False,
-                 init_values=None, eps=1e-6):
+                 init_values=None, eps=1e-6, mlp_layer="mlp"):
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
@@ -144,7 +165,8 @@ class VisionTransformer(PolicyCell):
         self.pos_embed = Parameter(trunc_normal((1, num_patches + 1, embed_dim)), name="pos_embed")
         rates = np.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
         self.blocks = nn.CellList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], init_values, eps) for i in range(depth)])
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], init_values, eps, mlp_layer)
+            for i in range(depth)])
         if self.global_pool:
             self.fc_norm = LayerNorm(embed_dim, eps)
         else:
@@ -219,63 +241,135 @@ def register_model(fn):
     return fn
 
 
-def _vit(img_size, num_classes, drop_path_rate, global_pool, overrides, **arch):
+# Each registered architecture once: what builds it and what recognises its checkpoints (weights.py's errors).
+SIZES = {
+    "RETFound_mae": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "RETFound_dinov2": dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16),
+    "dinov2_vits14": dict(patch_size=14, embed_dim=384, depth=12, num_heads=6),
+    "dinov2_vitb14": dict(patch_size=14, embed_dim=768, depth=12, num_heads=12),
+    "dinov2_vitl14": dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16),
+    "dinov2_vitg14": dict(patch_size=14, embed_dim=1536, depth=40, num_heads=24, mlp_ratio=2.66667 * 2,
+                          mlp_layer="swiglu"),
+    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+
+
+def _vit(name, img_size, num_classes, drop_path_rate, global_pool, overrides, **extra):
     """Build a registered size; keyword overrides (e.g. depth=2 for tests) replace the size's values."""
+    arch = dict(SIZES[name], **extra)
     arch.update(overrides)
     return VisionTransformer(img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path_rate,
                              global_pool=global_pool, **arch)
 
 
-@register_model
-def RETFound_mae(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
-    """RETFound-MAE encoder: ViT-L/16 (upstream `models_vit.RETFound_mae`)."""
-    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=1024, depth=24,
-                num_heads=16, mlp_ratio=4, qkv_bias=True)
-
-
-@register_model
-def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
-    """RETFound-DINOv2 encoder: timm `vit_large_patch14_dinov2.lvd142m` (LayerScale, class token, final norm).
-
-    `global_pool` is accepted and ignored, as upstream does for this model.
-    """
-    model = _vit(img_size, num_classes, drop_path_rate, False, kwargs, patch_size=14, embed_dim=1024, depth=24,
-                 num_heads=16, mlp_ratio=4, qkv_bias=True, init_values=1e-5)
+def _dinov2(name, img_size, num_classes, drop_path_rate, overrides):
+    """A DINOv2 ViT (timm's `vit_*_patch14_dinov2`): LayerScale, class token, final norm; logits from the class
+    token, global_pool ignored as upstream ignores it. Its embedding (forward_embedding) is latent_feature.ipynb's
+    DINOv2 one."""
+    model = _vit(name, img_size, num_classes, drop_path_rate, False, overrides, qkv_bias=True, init_values=1e-5)
     model.patch_mean_embedding = True
     return model
 
 
 @register_model
+def RETFound_mae(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
+    """RETFound-MAE encoder: ViT-L/16 (upstream `models_vit.RETFound_mae`)."""
+    return _vit("RETFound_mae", img_size, num_classes, drop_path_rate, global_pool, kwargs, mlp_ratio=4,
+                qkv_bias=True)
+
+
+@register_model
+def RETFound_dinov2(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """RETFound-DINOv2 encoder: timm `vit_large_patch14_dinov2.lvd142m` (LayerScale, class token, final norm)."""
+    return _dinov2("RETFound_dinov2", img_size, num_classes, drop_path_rate, kwargs)
+
+
+# upstream's `--model Dinov2 --model_arch <arch>`: timm's LVD-142M DINOv2 of that size.
+@register_model
+def dinov2_vits14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """DINOv2 ViT-S/14 (22M parameters)."""
+    return _dinov2("dinov2_vits14", img_size, num_classes, drop_path_rate, kwargs)
+
+
+@register_model
+def dinov2_vitb14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """DINOv2 ViT-B/14 (86M parameters)."""
+    return _dinov2("dinov2_vitb14", img_size, num_classes, drop_path_rate, kwargs)
+
+
+@register_model
+def dinov2_vitl14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """DINOv2 ViT-L/14 (304M parameters): RETFound_dinov2's architecture, with Meta's weights."""
+    return _dinov2("dinov2_vitl14", img_size, num_classes, drop_path_rate, kwargs)
+
+
+@register_model
+def dinov2_vitg14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
+    """DINOv2 ViT-g/14 (1.1B parameters): SwiGLU feed-forward of packed width 8192."""
+    return _dinov2("dinov2_vitg14", img_size, num_classes, drop_path_rate, kwargs)
+
+
+@register_model
 def vit_tiny_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
     """Small MAE-style ViTs (timm sizes) for CPU experiments and tests."""
-    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=192, depth=12,
-                num_heads=3)
+    return _vit("vit_tiny_patch16", img_size, num_classes, drop_path_rate, global_pool, kwargs)
 
 
 @register_model
 def vit_small_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
-    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=384, depth=12,
-                num_heads=6)
+    return _vit("vit_small_patch16", img_size, num_classes, drop_path_rate, global_pool, kwargs)
 
 
 @register_model
 def vit_base_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=True, **kwargs):
-    return _vit(img_size, num_classes, drop_path_rate, global_pool, kwargs, patch_size=16, embed_dim=768, depth=12,
-                num_heads=12)
+    return _vit("vit_base_patch16", img_size, num_classes, drop_path_rate, global_pool, kwargs)
+
+
+def architectures_like(embed_dim, depth, patch_size):
+    """Registered names whose size matches a checkpoint's (for error messages)."""
+    return [name for name, size in SIZES.items()
+            if (size["embed_dim"], size["depth"], size["patch_size"]) == (embed_dim, depth, patch_size)]
+
+
+set_architecture_guesser(architectures_like)
 
 
 def list_models():
     return sorted(_MODELS)
 
 
-# Weights a model starts from when --finetune is not given, as upstream's timm.create_model(pretrained=True) does.
+# Weights a model starts from when --finetune is not given, as upstream's timm.create_model(pretrained=True) does:
+# Meta's LVD-142M DINOv2, as timm publishes it on HuggingFace.
 DEFAULT_PRETRAINED = {
-    "RETFound_dinov2": "timm/vit_large_patch14_dinov2.lvd142m/model.safetensors",  # Meta's LVD-142M DINOv2 ViT-L/14
+    "RETFound_dinov2": "timm/vit_large_patch14_dinov2.lvd142m/model.safetensors",
+    **{f"dinov2_vit{size}14": f"timm/vit_{name}_patch14_dinov2.lvd142m/model.safetensors"
+       for size, name in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
 }
+
+# upstream's --model families whose size --model_arch picks
+FAMILIES = {"Dinov2": ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")}
 
 
 def default_pretrained(name: str) -> Optional[str]:
     return DEFAULT_PRETRAINED.get(name)
+
+
+def resolve_model_name(model: str, model_arch: Optional[str] = None) -> str:
+    """upstream's `--model Dinov2 --model_arch dinov2_vitb14` -> the registered `dinov2_vitb14`; other names as
+    they are (RETFound models ignore --model_arch, as upstream)."""
+    if model not in FAMILIES:
+        return model
+    if model_arch not in FAMILIES[model]:
+        raise ValueError(f"--model {model} --model_arch {model_arch}: choose --model_arch from "
+                         f"{', '.join(FAMILIES[model])}")
+    return model_arch
+
+
+def default_input_size(name: str) -> int:
+    """upstream's --input_size default (256), except where upstream's model is built at 224 (its 256 stops there)."""
+    return 224 if name == "RETFound_dinov2" or name.startswith("dinov2_") else 256
 
 
 def create_model(name: str, pretrained: Optional[str] = None, weights_cache_dir: Optional[str] = None,

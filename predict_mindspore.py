@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import models_vit_mindspore
 from util_mindspore import device, distributed, heatmaps
 from util_mindspore.compute_policy import policy_for
 from util_mindspore.errors import exit_code
@@ -46,6 +47,7 @@ def get_args_parser():
     parser.add_argument("--data_path", required=True, help="a folder of images, one image, or a .csv with `path`")
     parser.add_argument("--output_dir", default="./predict_output")
     parser.add_argument("--model", default=None, help="registered model (default: the checkpoint's, else RETFound_mae)")
+    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
     parser.add_argument("--nb_classes", default=None, type=int, help="default: the checkpoint head's classes")
     parser.add_argument("--input_size", default=None, type=int, help="default: the checkpoint's")
     parser.add_argument("--global_pool", action="store_true", default=None)
@@ -250,6 +252,8 @@ def check_runtime(args, runtime):
 
 
 def main(args):
+    if args.model:
+        args.model = models_vit_mindspore.resolve_model_name(args.model, args.model_arch)
     check_args(args)
     runtime = build_runtime(args)
     check_runtime(args, runtime)

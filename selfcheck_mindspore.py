@@ -45,6 +45,7 @@ def get_args_parser():
     parser.add_argument("--jit_level", default=None, choices=["O0", "O1", "O2"])
     parser.add_argument("--mode", default="graph", choices=["graph", "pynative"])
     parser.add_argument("--model", default="RETFound_mae", help="a registered model (vit_tiny_patch16 is quick)")
+    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
     parser.add_argument("--input_size", default=224, type=int)
     parser.add_argument("--batch_size", default=4, type=int)
     parser.add_argument("--steps", default=5, type=int, help="timed steps for inference and for training")
@@ -180,6 +181,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="retfound_selfcheck_") as folder:
             device.keep_mindspore_files_in(os.path.join(folder, "mindspore"))
+            args.model = models_vit_mindspore.resolve_model_name(args.model, args.model_arch)
             device.configure(args)
             check(args, report, folder)
     except (ValueError, KeyError, RuntimeError) as exc:  # DeviceError, WeightError; a failed reference process

@@ -73,7 +73,8 @@ def finetuned(path, name="vit_tiny_patch16", num_classes=3, img_size=224, seed=1
 def upstream_load(model, path):
     """Upstream main_finetune.py's --finetune procedure (torch side), without its head re-initialisation."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    sd = checkpoint["teacher"] if "teacher" in checkpoint else checkpoint["model"]
+    # Dinov2 / Dinov3: a raw state dict (Meta's *_pretrain.pth)
+    sd = checkpoint["teacher"] if "teacher" in checkpoint else checkpoint.get("model", checkpoint)
     sd = {k.replace("backbone.", ""): v for k, v in sd.items()}
     sd = {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in sd.items()}
     state = model.state_dict()
@@ -91,10 +92,20 @@ def upstream_load(model, path):
     return model.eval()
 
 
-def timm_dinov2_lvd142m(path, depth=2, seed=15):
-    """timm's HuggingFace `timm/vit_large_patch14_dinov2.lvd142m` model.safetensors: timm key names, no head,
+def timm_dinov2_lvd142m(path, depth=2, seed=15, name="RETFound_dinov2"):
+    """timm's HuggingFace `timm/vit_<size>_patch14_dinov2.lvd142m` model.safetensors: timm key names, no head,
     37x37 grid (518 px)."""
     from safetensors.torch import save_file
-    model = randomize_(create_reference("RETFound_dinov2", img_size=518, num_classes=0, depth=depth), seed)
+    model = randomize_(create_reference(name, img_size=518, num_classes=0, depth=depth), seed)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return model
+
+
+def meta_dinov2(path, name, depth=None, seed=16):
+    """Meta's `dinov2_<arch>_pretrain.pth`: a raw state dict, 37x37 grid, mask_token, SwiGLU as w12/w3 (ViT-g)."""
+    model = randomize_(create_reference(name, img_size=518, num_classes=0, depth=depth), seed)
+    sd = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.") if name.endswith("g14") else k: v.clone()
+          for k, v in model.state_dict().items()}
+    sd["mask_token"] = torch.zeros(1, model.embed_dim)
+    torch.save(sd, path)
     return model

@@ -329,7 +329,8 @@ UPSTREAM_FLAGS = {
 # Where our default differs, and why (README "Where we deliberately differ"):
 # --model: upstream's 'vit_large_patch16' is not a model it defines (its default run stops with a KeyError);
 # --device: upstream's 'cuda' stops on a machine without one; ours is the device MindSpore runs on (same on GPU).
-OUR_DEFAULTS = {"model": "RETFound_mae", "device": None}
+# --input_size: None is 256 (upstream's), or 224 for DINOv2 models, which upstream builds at 224 whatever the flag.
+OUR_DEFAULTS = {"model": "RETFound_mae", "device": None, "input_size": None}
 UPSTREAM_SWITCHES = ["--cls_token", "--resplit", "--stratified", "--eval", "--dist_eval", "--pin_mem", "--dist_on_itp",
                      "--savemodel", "--enhance", "--global_pool"]
 
@@ -399,3 +400,27 @@ def test_a_model_with_default_weights_starts_from_them_without_finetune(tmp_path
     assert "vit_tiny_patch16 without --finetune: starting from timm/tiny_test.lvd/model.safetensors" in output
     assert re.search(r"loaded \d+ tensors from timm/tiny_test.lvd/model.safetensors", output)
     assert "interpolated: pos_embed (1, 10, 192)->(1, 5, 192)" in output
+
+
+def test_dinov2_family_trains_as_upstreams_command_line_and_evaluates(tmp_path, hub):
+    """--model Dinov2 --model_arch dinov2_vits14 (LVD-142M weights from the loopback hub), linear probe, then
+    --eval --resume of its checkpoint."""
+    pytest.importorskip("timm")
+    from tests import checkpoint_layouts
+    repo, filename = "timm/vit_small_patch14_dinov2.lvd142m", "model.safetensors"
+    checkpoint_layouts.timm_dinov2_lvd142m(str(tmp_path / filename), depth=None, name="dinov2_vits14")
+    hub.add(repo, filename, str(tmp_path / filename))
+    data = make_dataset(tmp_path / "data")
+    argv = small_argv(data, str(tmp_path / "out"), epochs=1, extra=["--model", "Dinov2", "--model_arch",
+                                                                     "dinov2_vits14", "--adaptation", "lp"])
+    argv[argv.index("--input_size") + 1] = "28"
+    assert main_finetune_mindspore.run(argv) == 0
+    best = tmp_path / "out" / "t" / "checkpoint-best.ckpt"
+    assert read_checkpoint(str(best)).meta["model"] == "dinov2_vits14"
+    code = main_finetune_mindspore.run(["--eval", "--resume", str(best), "--model", "Dinov2", "--model_arch",
+                                        "dinov2_vits14", "--input_size", "28", "--nb_classes", "3", "--data_path",
+                                        data, "--output_dir", str(tmp_path / "eval"), "--task", "e",
+                                        "--log_dir", "", "--batch_size", "4"])
+    assert code == 0
+    assert read_metrics(tmp_path / "eval" / "e" / "metrics_test.csv") == \
+        read_metrics(tmp_path / "out" / "t" / "metrics_test.csv")

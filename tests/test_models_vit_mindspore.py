@@ -120,3 +120,51 @@ def test_vit_large_logits_match_pytorch(name, size, global_pool):
         diff = np.abs(ms_logits(ours, images) - expected).max()
         record(f"{name} {size}px global_pool={global_pool} {mode} (ViT-L)", diff)
         assert diff <= 1e-4, f"{mode}: max |diff| {diff:.2e}"
+
+
+DINOV2_ARCHS = ["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"]
+
+
+def assert_twin_logits(name, size, tolerance, what, seed=7, **size_kwargs):
+    """Logits of our model and the reference on the same random weights; the head is scaled to give logits of
+    order 1 (randomize_'s 0.05 weights give 5 on ViT-g, where float32 rounding alone is 4e-6 relative)."""
+    ref = randomize_(create_reference(name, img_size=size, num_classes=5, **size_kwargs), seed=seed)
+    with torch.no_grad():
+        ref.head.weight.mul_(0.2)
+    images = random_images(2, size, seed=seed)
+    expected = reference_logits(ref, images)
+    state_dict = numpy_state_dict(ref)
+    assert {k: tuple(v.shape) for k, v in state_dict.items()} == {
+        k: tuple(p.shape) for k, p in M.create_model(name, img_size=size, num_classes=5, **size_kwargs)
+        .parameters_and_names()}
+    del ref
+    for mode in ("pynative", "graph"):
+        set_mode(mode)
+        ours = mindspore_twin(name, state_dict, img_size=size, num_classes=5, **size_kwargs)
+        diff = np.abs(ms_logits(ours, images) - expected).max()
+        record(f"{what} {mode}", diff)
+        assert diff <= tolerance, f"{mode}: max |diff| {diff:.2e}"
+
+
+@pytest.mark.parametrize("name", DINOV2_ARCHS)
+def test_dinov2_family_at_reduced_depth_matches_timm(name):
+    """upstream's --model Dinov2 --model_arch <name> (timm vit_*_patch14_dinov2), real widths, 2 blocks."""
+    assert_twin_logits(name, 56, 1e-5, f"{name} 56px depth 2", depth=2)
+
+
+@pytest.mark.parametrize("name", ["dinov2_vits14", "dinov2_vitb14"])
+def test_dinov2_small_and_base_at_full_depth_match_timm(name):
+    assert_twin_logits(name, 224, 1e-5, f"{name} 224px full depth")
+
+
+@pytest.mark.vitl
+def test_dinov2_large_at_full_depth_matches_timm():
+    assert_twin_logits("dinov2_vitl14", 224, 1e-5, "dinov2_vitl14 224px full depth (ViT-L)")
+
+
+def test_family_names_take_model_arch_as_upstream():
+    assert M.resolve_model_name("Dinov2", "dinov2_vitb14") == "dinov2_vitb14"
+    assert M.resolve_model_name("RETFound_mae", "dinov3_vits16") == "RETFound_mae"  # ignored, as upstream
+    with pytest.raises(ValueError, match="--model Dinov2 --model_arch dinov2_vitx14: choose --model_arch from"):
+        M.resolve_model_name("Dinov2", "dinov2_vitx14")
+    assert M.default_input_size("dinov2_vitg14") == 224 and M.default_input_size("RETFound_mae") == 256

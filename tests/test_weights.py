@@ -144,3 +144,38 @@ def torch_timm_pretrained(path, depth):
     import timm
     return timm.create_model("vit_large_patch14_dinov2.lvd142m", pretrained=True, img_size=224, num_classes=5,
                              depth=depth, pretrained_cfg_overlay={"file": path})
+
+
+@pytest.mark.parametrize("name", ["dinov2_vitb14", "dinov2_vitg14"])
+def test_meta_dinov2_checkpoint_as_finetune_matches_upstream(tmp_path, name):
+    """upstream --model Dinov2 --finetune dinov2_<arch>_pretrain.pth: a raw state dict, w12/w3 renamed for ViT-g."""
+    set_mode("pynative")
+    path = str(tmp_path / f"{name}_pretrain.pth")
+    layouts.meta_dinov2(path, name, depth=2)
+    ours = M.create_model(name, pretrained=path, img_size=224, num_classes=4, depth=2)
+    ref = layouts.upstream_load(create_reference(name, img_size=224, num_classes=4, depth=2), path)
+    ours.set_train(False)
+    assert_logits_equal(ours, same_random_head(ref, ours), 224, f"Meta {name} .pth 518->224 (depth 2)")
+
+
+def test_timm_dinov2_base_default_weights_load_as_timm(hub, tmp_path):
+    set_mode("pynative")
+    source = M.default_pretrained("dinov2_vitb14")
+    assert source == "timm/vit_base_patch14_dinov2.lvd142m/model.safetensors"
+    repo, filename = source.rsplit("/", 1)
+    path = str(tmp_path / filename)
+    layouts.timm_dinov2_lvd142m(path, depth=2, name="dinov2_vitb14")
+    hub.add(repo, filename, path)
+    ours = M.create_model("dinov2_vitb14", pretrained=source, img_size=224, num_classes=5, depth=2)
+    import timm
+    ref = timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=True, img_size=224, num_classes=5, depth=2,
+                            pretrained_cfg_overlay={"file": path})
+    ours.set_train(False)
+    assert_logits_equal(ours, same_random_head(ref, ours), 224, "timm DINOv2-B default weights (depth 2)")
+
+
+def test_a_checkpoint_of_another_size_names_the_model_it_fits(tmp_path):
+    path = str(tmp_path / "dinov2_vits14_pretrain.pth")
+    layouts.meta_dinov2(path, "dinov2_vits14")
+    with pytest.raises(WeightError, match=r"width 384, 12 blocks, patch 14 \(like --model dinov2_vits14\)"):
+        M.create_model("dinov2_vitb14", pretrained=path, img_size=224, num_classes=3)

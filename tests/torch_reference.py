@@ -45,11 +45,17 @@ _MAE_SIZES = {
 }
 
 
+# what upstream's timm.create_model builds for each of our DINOv2 names
+TIMM_DINOV2 = {"RETFound_dinov2": "vit_large_patch14_dinov2.lvd142m",
+               **{f"dinov2_vit{s}14": f"vit_{n}_patch14_dinov2.lvd142m"
+                  for s, n in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))}}
+
+
 def create_reference(name, img_size=224, num_classes=5, drop_path_rate=0.0, global_pool=True, depth=None):
     """The upstream model for one of our registry names (depth overrides the size, for fast tests)."""
-    if name == "RETFound_dinov2":
+    if name in TIMM_DINOV2:
         extra = {} if depth is None else {"depth": depth}
-        return timm.create_model("vit_large_patch14_dinov2.lvd142m", pretrained=False, img_size=img_size,
+        return timm.create_model(TIMM_DINOV2[name], pretrained=False, img_size=img_size,
                                  num_classes=num_classes, drop_path_rate=drop_path_rate, **extra)
     size = dict(_MAE_SIZES[name])
     if depth is not None:

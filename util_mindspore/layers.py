@@ -82,6 +82,13 @@ class GELU(PolicyCell):
         return cast(y, x.dtype)
 
 
+class SiLU(PolicyCell):
+    """x * sigmoid(x) (torch's SiLU, in the input's dtype as autocast leaves it): the gate of SwiGLU MLPs."""
+
+    def construct(self, x):
+        return x * ops.sigmoid(x)
+
+
 class _SoftmaxWithMatmulBackward(ms.nn.Cell):
     """ops.softmax whose backward p * g - p * sum(p * g) is two batched matmuls (the row sums in another order
     than torch's, so gradients agree to rounding). CPU: the stock backward (ReduceSum, broadcast Sub) keeps

@@ -37,9 +37,14 @@ def _strip_prefixes(sd):
     return out
 
 
+def _rename_swiglu(key):
+    """Meta's SwiGLU names, renamed as upstream renames them for every checkpoint."""
+    return key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
+
+
 def _convert_mae(sd):
-    """MAE pretraining (encoder + decoder) and fine-tuned checkpoints: keep the encoder, names unchanged."""
-    return {k: v for k, v in sd.items() if not _DROPPED.match(k)}
+    """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2 and timm checkpoints: keep the encoder."""
+    return {_rename_swiglu(k): v for k, v in sd.items() if not _DROPPED.match(k)}
 
 
 def _convert_dinov2(sd):
@@ -48,9 +53,7 @@ def _convert_dinov2(sd):
     for key, value in sd.items():
         if _DROPPED.match(key):
             continue
-        key = re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
-        key = key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
-        out[key] = value
+        out[_rename_swiglu(re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key))] = value
     return out
 
 

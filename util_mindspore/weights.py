@@ -26,6 +26,26 @@ TIMM_HUB_ORG = "timm"
 _BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
 
 
+_architectures_like = None  # (embed_dim, depth, patch_size) -> registered names; set by models_vit_mindspore
+
+
+def set_architecture_guesser(fn):
+    global _architectures_like
+    _architectures_like = fn
+
+
+def _looks_like(arrays):
+    """'; the checkpoint is <size> (like <arch>)': what a checkpoint of another architecture holds."""
+    proj = arrays.get("patch_embed.proj.weight")
+    if proj is None or len(proj.shape) != 4:
+        return ""
+    depth = len({k.split(".")[1] for k in arrays if k.startswith("blocks.")})
+    embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    names = _architectures_like(embed_dim, depth, patch) if _architectures_like else []
+    like = f" (like --model {' / '.join(names)})" if names else ""
+    return f"; the checkpoint is a ViT of width {embed_dim}, {depth} blocks, patch {patch}{like}"
+
+
 @dataclasses.dataclass
 class LoadReport:
     source: str
@@ -69,7 +89,7 @@ def load_arrays_into_model(model, arrays, source="state dict", keep_head=True, a
         problem = (f"mis-shaped: {'; '.join(mismatched[:3])}" if mismatched else
                    f"missing backbone keys: {', '.join(missing_backbone[:4])}")
         total = len(mismatched) + len(missing_backbone)
-        raise WeightError(f"{source} does not fit this model ({total} keys): {problem}")
+        raise WeightError(f"{source} does not fit this model ({total} keys): {problem}{_looks_like(arrays)}")
     loaded = []
     for name, param in params.items():
         if name.startswith("head.") and not head_fits:
