@@ -137,7 +137,35 @@ class Block(PolicyCell):
         return x
 
 
-class VisionTransformer(PolicyCell):
+class EncoderInterface:
+    """What predict, heat maps, export and training use of every family (timm's forward_features/forward_head
+    split): a family defines embed_tokens, forward_tokens, pool_features, pool_embedding and block_args."""
+
+    num_prefix_tokens = 1  # tokens before the patches (class token; DINOv3 adds its storage tokens)
+
+    @property
+    def depth(self):
+        return len(self.blocks)
+
+    def block_args(self):
+        """What each block takes beside the tokens (DINOv3: its rotary tables)."""
+        return ()
+
+    def forward_features(self, x):
+        """The vector `head` receives (forward_embedding gives the one users extract)."""
+        return self.pool_features(self.forward_tokens(x))
+
+    def forward_embedding(self, x):
+        return self.pool_embedding(self.forward_tokens(x))
+
+    def forward_head(self, x, pre_logits=False):
+        return x if pre_logits else self.head(x)
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class VisionTransformer(EncoderInterface, PolicyCell):
     """ViT with a class token; `global_pool=True` is upstream RETFound's MAE fine-tuning head.
 
     global_pool=True: features = fc_norm(fc_norm(mean of patch tokens)); no final `norm`.
@@ -172,10 +200,6 @@ class VisionTransformer(PolicyCell):
         else:
             self.norm = LayerNorm(embed_dim, eps)
         self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @property
-    def depth(self):
-        return len(self.blocks)
 
     def no_weight_decay(self):
         return {"pos_embed", "cls_token"}
@@ -215,20 +239,6 @@ class VisionTransformer(PolicyCell):
         if self.global_pool:
             return self.fc_norm(tokens[:, 1:, :].mean(axis=1))
         return self.norm(tokens)[:, 0]
-
-    def forward_features(self, x):
-        """The vector `head` receives (forward_embedding gives the one users extract)."""
-        return self.pool_features(self.forward_tokens(x))
-
-    def forward_embedding(self, x):
-        return self.pool_embedding(self.forward_tokens(x))
-
-    def forward_head(self, x, pre_logits=False):
-        return x if pre_logits else self.head(x)
-
-    def construct(self, x):
-        return self.forward_head(self.forward_features(x))
-
 
 # --- registry -------------------------------------------------------------------------------------------
 
@@ -301,7 +311,7 @@ def dinov2_vitb14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_poo
 
 @register_model
 def dinov2_vitl14(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **kwargs):
-    """DINOv2 ViT-L/14 (304M parameters): RETFound_dinov2's architecture, with Meta's weights."""
+    """DINOv2 ViT-L/14 (303M parameters): RETFound_dinov2's architecture, with Meta's weights."""
     return _dinov2("dinov2_vitl14", img_size, num_classes, drop_path_rate, kwargs)
 
 
@@ -327,9 +337,37 @@ def vit_base_patch16(img_size=224, num_classes=1000, drop_path_rate=0.0, global_
     return _vit("vit_base_patch16", img_size, num_classes, drop_path_rate, global_pool, kwargs)
 
 
+# upstream's `--model Dinov3 --model_arch <arch>` (facebookresearch/dinov3 hub models, models_dinov3_mindspore.py)
+DINOV3_SIZES = {
+    "dinov3_vits16": dict(embed_dim=384, depth=12, num_heads=6, ffn_ratio=4.0, ffn_layer="mlp"),
+    "dinov3_vits16plus": dict(embed_dim=384, depth=12, num_heads=6, ffn_ratio=6.0, ffn_layer="swiglu"),
+    "dinov3_vitb16": dict(embed_dim=768, depth=12, num_heads=12, ffn_ratio=4.0, ffn_layer="mlp"),
+    "dinov3_vitl16": dict(embed_dim=1024, depth=24, num_heads=16, ffn_ratio=4.0, ffn_layer="mlp"),
+    "dinov3_vitl16plus": dict(embed_dim=1024, depth=24, num_heads=16, ffn_ratio=6.0, ffn_layer="swiglu"),
+    "dinov3_vith16plus": dict(embed_dim=1280, depth=32, num_heads=20, ffn_ratio=6.0, ffn_layer="swiglu"),
+    "dinov3_vit7b16": dict(embed_dim=4096, depth=40, num_heads=32, ffn_ratio=3.0, ffn_layer="swiglu", swiglu_align=64,
+                           qkv_bias=False, untie_global_and_local_cls_norm=True),
+}
+
+
+def _dinov3_factory(name):
+    def build(img_size=224, num_classes=1000, drop_path_rate=0.0, global_pool=None, **overrides):
+        """A DINOv3 ViT (global_pool and drop_path_rate ignored, as upstream's hub model ignores them)."""
+        from models_dinov3_mindspore import DinoVisionTransformer  # imports this module's building blocks
+        return DinoVisionTransformer(img_size=img_size, num_classes=num_classes, patch_size=16,
+                                     **dict(DINOV3_SIZES[name], **overrides))
+    build.__name__ = name
+    return build
+
+
+for _name in DINOV3_SIZES:
+    register_model(_dinov3_factory(_name))
+
+
 def architectures_like(embed_dim, depth, patch_size):
     """Registered names whose size matches a checkpoint's (for error messages)."""
-    return [name for name, size in SIZES.items()
+    sizes = {**SIZES, **{name: dict(size, patch_size=16) for name, size in DINOV3_SIZES.items()}}
+    return [name for name, size in sizes.items()
             if (size["embed_dim"], size["depth"], size["patch_size"]) == (embed_dim, depth, patch_size)]
 
 
@@ -349,7 +387,8 @@ DEFAULT_PRETRAINED = {
 }
 
 # upstream's --model families whose size --model_arch picks
-FAMILIES = {"Dinov2": ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")}
+FAMILIES = {"Dinov2": ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"),
+            "Dinov3": tuple(DINOV3_SIZES)}
 
 
 def default_pretrained(name: str) -> Optional[str]:

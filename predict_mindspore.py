@@ -130,7 +130,8 @@ def draw_heatmaps(args, runtime, transform, good_items, images, probs):
     rollout = heatmaps.attention_rollout(runtime.model, images)
     targets = None if args.target_index is None else [args.target_index] * len(images)
     cams, targets = heatmaps.grad_cam(runtime.model, images, targets)
-    rollout_maps, cam_maps = heatmaps.to_grid(rollout[:, 0, 1:]), heatmaps.to_grid(cams)
+    patches = rollout[:, 0, runtime.model.num_prefix_tokens:]  # the class token's row over the patches
+    rollout_maps, cam_maps = heatmaps.to_grid(patches), heatmaps.to_grid(cams)
     for k, item in enumerate(good_items):
         with Image.open(item.path) as img:
             picture = transform.crop(img)

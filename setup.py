@@ -35,6 +35,7 @@ setup(
     python_requires=">=3.9,<3.12",
     py_modules=[
         "models_vit_mindspore",
+        "models_dinov3_mindspore",
         "engine_finetune_mindspore",
         "main_finetune_mindspore",
         "convert_weights_example",

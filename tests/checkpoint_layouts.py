@@ -109,3 +109,35 @@ def meta_dinov2(path, name, depth=None, seed=16):
     sd["mask_token"] = torch.zeros(1, model.embed_dim)
     torch.save(sd, path)
     return model
+
+
+def meta_dinov3(path, name, depth=None, seed=17):
+    """Meta's `dinov3_<arch>_pretrain.pth` (facebookresearch/dinov3): a raw state dict with the model's own keys,
+    the `bias_mask` buffers (key part 0) and the RoPE `periods`; random values, a non-zero key bias (masked)."""
+    from mindspore.nn.utils import no_init_parameters
+
+    import models_vit_mindspore as M
+    with no_init_parameters():
+        model = M.create_model(name, img_size=224, num_classes=0, **({} if depth is None else {"depth": depth}))
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, param in model.parameters_and_names():
+        shape = tuple(param.shape)
+        if key.endswith("gamma"):
+            value = torch.rand(shape, generator=g) * 0.45 + 0.05
+        elif "norm" in key and key.endswith("weight"):
+            value = 1.0 + 0.2 * torch.randn(shape, generator=g)
+        elif key == "rope_embed.periods":
+            half = model.embed_dim // model.blocks[0].attn.num_heads // 2
+            value = 100.0 ** (2 * torch.arange(half // 2, dtype=torch.float32) / half)
+        elif key == "mask_token":
+            value = torch.zeros(shape)
+        else:
+            value = 0.05 * torch.randn(shape, generator=g)
+        sd[key] = value
+        if key.endswith("attn.qkv.bias"):
+            mask = torch.ones(shape)
+            mask[shape[0] // 3:2 * shape[0] // 3] = 0
+            sd[key.replace(".bias", ".bias_mask")] = mask
+    torch.save(sd, path)
+    return sd

@@ -79,4 +79,6 @@ def test_dist_eval_equals_single_process_eval_and_lists_every_image_once(msrun_r
     assert code == 0
     distributed = read_metrics(tmp / "out" / "t" / "metrics_test.csv")
     single = read_metrics(tmp / "single" / "t" / "metrics_test.csv")
-    assert distributed == [pytest.approx(row, abs=1e-6) for row in single]
+    # every metric but val_loss: upstream's val_loss is the mean of per-batch losses, and each rank's slice is
+    # batched on its own under --dist_eval (upstream's DistributedSampler batches differ from one process's too)
+    assert [row[1:] for row in distributed] == [pytest.approx(row[1:], abs=1e-6) for row in single]

@@ -187,3 +187,15 @@ def test_failed_verification_removes_every_file(tmp_path, capsys, monkeypatch):
                                  "--output_dir", str(out)]) == 1
     assert "does not reproduce the model" in one_line_error(capsys)
     assert os.listdir(out) == []  # the verified MindIR goes too: all formats or none
+
+
+@pytest.mark.parametrize("name, size", [("dinov3_vits16plus", 32), ("dinov2_vitg14", 28)])
+def test_other_families_export_verified(tmp_path, name, size):
+    """DINOv3 (storage tokens, RoPE, SwiGLU) and DINOv2-g (packed SwiGLU) export to both formats, verified at
+    batch sizes other than the traced one."""
+    model = models_vit_mindspore.create_model(name, img_size=size, num_classes=3, depth=2)
+    model.set_train(False)
+    for fmt in ("mindir", "onnx"):
+        check = export.export_verified(model, model, fmt, str(tmp_path), f"{name}_{fmt}", size)
+        assert check.batch_sizes == (1, 3) and check.max_abs_diff <= check.tolerance
+        assert os.path.exists(tmp_path / f"{name}_{fmt}.{fmt}")

@@ -424,3 +424,48 @@ def test_dinov2_family_trains_as_upstreams_command_line_and_evaluates(tmp_path, 
     assert code == 0
     assert read_metrics(tmp_path / "eval" / "e" / "metrics_test.csv") == \
         read_metrics(tmp_path / "out" / "t" / "metrics_test.csv")
+
+
+def test_dinov3_family_fine_tunes_from_a_meta_checkpoint_and_predicts_with_heatmaps(tmp_path):
+    """--model Dinov3 --model_arch dinov3_vits16 --finetune <Meta .pth>, then predict with heat maps on the
+    checkpoint (storage tokens sit between the class token and the patches)."""
+    pytest.importorskip("torch")
+    import predict_mindspore
+    from tests import checkpoint_layouts
+    meta = str(tmp_path / "dinov3_vits16_pretrain.pth")
+    checkpoint_layouts.meta_dinov3(meta, "dinov3_vits16")
+    data = make_dataset(tmp_path / "data")
+    argv = small_argv(data, str(tmp_path / "out"), epochs=1, extra=["--model", "Dinov3", "--model_arch",
+                                                                     "dinov3_vits16", "--finetune", meta])
+    assert main_finetune_mindspore.run(argv) == 0
+    best = str(tmp_path / "out" / "t" / "checkpoint-best.ckpt")
+    assert read_checkpoint(best).meta["model"] == "dinov3_vits16"
+    maps = tmp_path / "maps"
+    assert predict_mindspore.run(["--resume", best, "--data_path", os.path.join(data, "test"), "--output_dir",
+                                  str(tmp_path / "pred"), "--heatmaps", str(maps)]) == 0
+    assert len(os.listdir(maps)) == 9
+    rows = open(tmp_path / "pred" / "predictions.csv").read().splitlines()
+    assert len(rows) == 10
+
+
+def test_dinov3_rotary_coordinates_are_rescaled_in_training_only():
+    """Meta's DINOv3 rescales RoPE coordinates by a random factor in [1/2, 2] in training (per block)."""
+    import mindspore as ms
+
+    import models_vit_mindspore
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    model = models_vit_mindspore.create_model("dinov3_vits16", img_size=32, num_classes=3, depth=2)
+    for blk in model.blocks:  # LayerScale at 1 (not 1e-5) so attention, where RoPE acts, shows in the features
+        blk.ls1.gamma.set_data(ms.Tensor(np.ones(384, np.float32)))
+    images = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    model.set_train(False)
+    np.testing.assert_array_equal(model(images).asnumpy(), model(images).asnumpy())
+    column = 384 // 6 // 4 - 1  # the longest period: an angle small enough for arcsin
+    sin_eval = model.rope_embed()[0].asnumpy()[0, column]
+    model.set_train(True)
+    scales = []
+    for _ in range(20):
+        scales.append(np.arcsin(model.rope_embed()[0].asnumpy()[0, column]) / np.arcsin(sin_eval))
+    assert 0.5 - 1e-4 <= min(scales) < max(scales) <= 2.0 + 1e-4
+    first, second = model.forward_features(images).asnumpy(), model.forward_features(images).asnumpy()
+    assert np.abs(first - second).max() > 1e-3

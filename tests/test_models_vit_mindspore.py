@@ -168,3 +168,48 @@ def test_family_names_take_model_arch_as_upstream():
     with pytest.raises(ValueError, match="--model Dinov2 --model_arch dinov2_vitx14: choose --model_arch from"):
         M.resolve_model_name("Dinov2", "dinov2_vitx14")
     assert M.default_input_size("dinov2_vitg14") == 224 and M.default_input_size("RETFound_mae") == 256
+
+
+DINOV3_ARCHS = ["dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus",
+                "dinov3_vit7b16"]
+
+
+def assert_dinov3_matches_timm(name, tmp_path, img_size, depth=None, tolerance=1e-5):
+    """Meta-layout random weights, loaded by us through the converter and by timm >= 1.0.20 through its own key
+    conversion (tests/dinov3_reference.py); logits of the same images, PYNATIVE and GRAPH."""
+    from tests import checkpoint_layouts, dinov3_reference
+    if not dinov3_reference.available():
+        pytest.skip(dinov3_reference.install_hint())
+    path = str(tmp_path / f"{name}_pretrain.pth")
+    sd = checkpoint_layouts.meta_dinov3(path, name, depth=depth)
+    embed_dim = sd["cls_token"].shape[-1]
+    rng = np.random.default_rng(3)
+    head = {"weight": (rng.standard_normal((5, embed_dim)) * 0.2 / embed_dim ** 0.5).astype(np.float32),
+            "bias": (rng.standard_normal(5) * 0.1).astype(np.float32)}
+    del sd
+    images = random_images(2, img_size, seed=9)
+    expected = dinov3_reference.reference_logits(name, path, depth, img_size, head, images, str(tmp_path))
+    size = {} if depth is None else {"depth": depth}
+    for mode in ("pynative", "graph"):
+        set_mode(mode)
+        ours = M.create_model(name, pretrained=path, img_size=img_size, num_classes=5, **size)
+        ours.head.weight.set_data(ms.Tensor(head["weight"]))
+        ours.head.bias.set_data(ms.Tensor(head["bias"]))
+        diff = np.abs(ms_logits(ours, images) - expected).max()
+        record(f"{name} {img_size}px {'full depth' if depth is None else f'depth {depth}'} {mode}", diff)
+        assert diff <= tolerance, f"{mode}: max |diff| {diff:.2e}"
+
+
+@pytest.mark.parametrize("name", DINOV3_ARCHS)
+def test_dinov3_family_at_reduced_depth_matches_timm(name, tmp_path):
+    assert_dinov3_matches_timm(name, tmp_path, 64, depth=2)
+
+
+@pytest.mark.parametrize("name", ["dinov3_vits16", "dinov3_vitb16"])
+def test_dinov3_small_and_base_at_full_depth_match_timm(name, tmp_path):
+    assert_dinov3_matches_timm(name, tmp_path, 224)
+
+
+@pytest.mark.vitl
+def test_dinov3_large_at_full_depth_matches_timm(tmp_path):
+    assert_dinov3_matches_timm("dinov3_vitl16", tmp_path, 224)

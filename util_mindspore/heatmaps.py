@@ -24,23 +24,24 @@ class _PyNative:
 
 
 def attention_rollout(model, images):
-    """(B, 1 + N, 1 + N) float64 rollout matrices for a batch of preprocessed images."""
+    """(B, T, T) float64 rollout matrices over all T tokens (prefix tokens first) for preprocessed images."""
     with _PyNative():
         tokens = model.embed_tokens(ms.Tensor(images))
+        extra = model.block_args()
         rollout = None
         for blk in model.blocks:
-            attn = blk.attn.attention_probs(blk.norm1(tokens)).asnumpy().astype(np.float64).mean(axis=1)
+            attn = blk.attn.attention_probs(blk.norm1(tokens), *extra).asnumpy().astype(np.float64).mean(axis=1)
             attn = attn + np.eye(attn.shape[-1])
             attn = attn / attn.sum(axis=-1, keepdims=True)
             rollout = attn if rollout is None else attn @ rollout
-            tokens = blk(tokens)
+            tokens = blk(tokens, *extra)
     return rollout
 
 
-def _last_block_from_norm1(blk, x, normed):
+def _last_block_from_norm1(blk, x, normed, extra):
     """The last block's output given its input x and its first LayerNorm's output (as Block.construct, eval)."""
     x = cast(x, blk.residual_dtype)
-    x = x + cast(blk.ls1(blk.attn(normed)), x.dtype)
+    x = x + cast(blk.ls1(blk.attn(normed, *extra)), x.dtype)
     return x + cast(blk.ls2(blk.mlp(blk.norm2(x))), x.dtype)
 
 
@@ -48,13 +49,15 @@ def grad_cam(model, images, targets=None):
     """(maps (B, N) float64, target classes): Grad-CAM of each image's target class (default: its prediction)."""
     with _PyNative():
         x = model.embed_tokens(ms.Tensor(images))
+        extra = model.block_args()
         for blk in model.blocks[:-1]:
-            x = blk(x)
+            x = blk(x, *extra)
         last = model.blocks[-1]
         normed = last.norm1(x)
 
         def logits_from(a):
-            return model.forward_head(model.pool_features(_last_block_from_norm1(last, x, a))).astype(ms.float32)
+            return model.forward_head(model.pool_features(_last_block_from_norm1(last, x, a, extra))).astype(
+                ms.float32)
 
         logits = logits_from(normed).asnumpy()
         targets = np.argmax(logits, axis=1) if targets is None else np.asarray(targets)
@@ -62,8 +65,9 @@ def grad_cam(model, images, targets=None):
         onehot[np.arange(len(targets)), targets] = 1.0
         selector = ms.Tensor(onehot)
         grads = ms.grad(lambda a: (logits_from(a) * selector).sum())(normed).asnumpy().astype(np.float64)
-    activations = normed.asnumpy().astype(np.float64)[:, 1:, :]
-    weights = grads[:, 1:, :].mean(axis=1, keepdims=True)
+    prefix = model.num_prefix_tokens
+    activations = normed.asnumpy().astype(np.float64)[:, prefix:, :]
+    weights = grads[:, prefix:, :].mean(axis=1, keepdims=True)
     return np.maximum((activations * weights).sum(axis=-1), 0.0), targets
 
 

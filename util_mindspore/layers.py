@@ -33,10 +33,12 @@ def trunc_normal_linear_(linear, std=2e-5):
 class Linear(PolicyCell):
     """torch.nn.Linear: matmul in the policy's matmul dtype (autocast casts input, weight and bias alike)."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, bias_mask=None):
         super().__init__()
         self.weight = Parameter(trunc_normal((out_features, in_features)), name="weight")
         self.bias = Parameter(zeros((out_features,)), name="bias") if bias else None
+        # DINOv3's LinearKMaskedBias: a constant 0/1 mask on the bias (its keys' part is 0)
+        self.bias_mask = ms.Tensor(bias_mask, ms.float32) if bias and bias_mask is not None else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
 
@@ -45,7 +47,8 @@ class Linear(PolicyCell):
         dtype = self.matmul_dtype
         out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
         if self.bias is not None:
-            out = self.bias_add(out, cast(self.bias, dtype))
+            bias = self.bias * self.bias_mask if self.bias_mask is not None else self.bias
+            out = self.bias_add(out, cast(bias, dtype))
         return cast(out.reshape(shape[:-1] + (-1,)), self.matmul_out_dtype)
 
 

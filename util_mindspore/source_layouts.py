@@ -37,14 +37,18 @@ def _strip_prefixes(sd):
     return out
 
 
-def _rename_swiglu(key):
-    """Meta's SwiGLU names, renamed as upstream renames them for every checkpoint."""
-    return key.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2.")
+def _rename_swiglu(sd):
+    """Meta's DINOv2 SwiGLU names (`w12`, `w3`) renamed fc1/fc2 as upstream renames them. Upstream renames `w3`
+    in every checkpoint; DINOv3's SwiGLU (`w1`, `w2`, `w3`) keeps its names here (deliberate: upstream's rename
+    leaves those models with a random `w3`)."""
+    if not any(".mlp.w12." in k for k in sd):
+        return sd
+    return {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in sd.items()}
 
 
 def _convert_mae(sd):
-    """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2 and timm checkpoints: keep the encoder."""
-    return {_rename_swiglu(k): v for k, v in sd.items() if not _DROPPED.match(k)}
+    """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2/DINOv3 and timm checkpoints: the encoder."""
+    return _rename_swiglu({k: v for k, v in sd.items() if not _DROPPED.match(k)})
 
 
 def _convert_dinov2(sd):
@@ -53,8 +57,8 @@ def _convert_dinov2(sd):
     for key, value in sd.items():
         if _DROPPED.match(key):
             continue
-        out[_rename_swiglu(re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key))] = value
-    return out
+        out[re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)] = value
+    return _rename_swiglu(out)
 
 
 def checkpoint_filter_fn(obj):

@@ -37,6 +37,8 @@ def _checkpoint_path(source, cache_dir):
 
 def _grid_input_size(weights, patch_size):
     """Input size of the square grid pos_embed was trained on (class token + grid**2 rows)."""
+    if "pos_embed" not in weights:  # rotary position embeddings (DINOv3): any size
+        return None
     rows = weights["pos_embed"].shape[1] - 1
     grid = math.isqrt(rows)
     return grid * patch_size if grid * grid == rows else None
@@ -57,11 +59,12 @@ def load_trained_model(source, model_name=None, nb_classes=None, input_size=None
     if model_name not in models_vit_mindspore.list_models():
         raise WeightError(f"--model {model_name} is not a registered model; choose one of: "
                           f"{', '.join(models_vit_mindspore.list_models())}")
-    if "pos_embed" not in weights:
-        raise WeightError(f"{source} holds no ViT backbone (no pos_embed)")
+    if "pos_embed" not in weights and "rope_embed.periods" not in weights:
+        raise WeightError(f"{source} holds no ViT backbone (no pos_embed, no rope_embed)")
     patch_size = weights["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in weights else 16
     if input_size is None:
-        input_size = trained_args.get("input_size") or _grid_input_size(weights, patch_size) or 224
+        input_size = (trained_args.get("input_size") or _grid_input_size(weights, patch_size)
+                      or models_vit_mindspore.default_input_size(model_name))
     if global_pool is None:
         global_pool = trained_args.get("global_pool", "fc_norm.weight" in weights)
     head_classes = weights["head.weight"].shape[0] if "head.weight" in weights else None

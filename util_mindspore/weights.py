@@ -23,7 +23,7 @@ logger = logging.getLogger("retfound.weights")
 TIMM_HUB_ORG = "timm"
 
 # Backbone parameters: a model parameter of these families must come from the checkpoint.
-_BACKBONE = re.compile(r"^(cls_token|pos_embed|patch_embed\.|blocks\.)")
+_BACKBONE = re.compile(r"^(cls_token|pos_embed|storage_tokens|patch_embed\.|blocks\.)")
 
 
 _architectures_like = None  # (embed_dim, depth, patch_size) -> registered names; set by models_vit_mindspore
