@@ -12,8 +12,9 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from tqdm import tqdm
 
-from util_mindspore import distributed
+from util_mindspore import distributed, interrupts
 from util_mindspore import metrics as metrics_lib
+from util_mindspore.atomic_files import atomic_write
 from util_mindspore.initializers import written_zeros_like
 from util_mindspore.lr_sched import learning_rate
 from util_mindspore.mixup import one_hot
@@ -178,6 +179,7 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None, tb_log=None)
         losses.append(loss_value)
         lrs.append(lr)
         progress.update(loss=loss_value, lr=lr)
+        interrupts.check(lambda signum: distributed.all_reduce_max(signum, args))  # a safe point: step done
     progress.close()
     if tb_log is not None:
         tb_log.log_training_epoch(epoch, len(loader), losses, lrs)
@@ -253,5 +255,11 @@ def write_evaluation(out_dir, mode, results, paths, labels, probs, class_names):
 
 
 def append_log(args, row):
-    with open(os.path.join(args.output_dir, args.task, "log.txt"), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+    """log.txt gains one JSON line, rewritten whole through a temporary file (never half a line)."""
+    path = os.path.join(args.output_dir, args.task, "log.txt")
+    existing = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            existing = fh.read()
+    with atomic_write(path, encoding="utf-8") as fh:
+        fh.write(existing + json.dumps(row) + "\n")

@@ -7,7 +7,13 @@
 Outputs in <output_dir>/<task>/: log.txt, metrics_{val,test}.csv, predictions_{val,test}.csv,
 confusion_matrix_test.jpg, roc_curves_test.png, training_curves.png, checkpoint-best.ckpt, checkpoint-last.ckpt.
 """
+if __name__ == "__main__":  # first, before importing MindSpore starts its threads: util_mindspore/interrupts.py
+    from util_mindspore import interrupts as _interrupts
+
+    _interrupts.block_signals()
+
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -21,7 +27,8 @@ from mindspore import nn
 
 import engine_finetune_mindspore as engine
 import models_vit_mindspore
-from util_mindspore import compile_cache, device, distributed, train_checkpoint
+from util_mindspore import compile_cache, device, distributed, interrupts, train_checkpoint
+from util_mindspore import metrics as metrics_lib
 from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
 from util_mindspore.conversion import download_and_convert_weights
 from util_mindspore.datasets import Loader, build_datasets
@@ -267,9 +274,14 @@ def resume(args, model, train_step=None):
     logger.info("Resume checkpoint %s: %s", args.resume, report)
     if train_step is None:
         return None
+    if not train_checkpoint.is_training_checkpoint(checkpoint):  # an upstream .pth, a converted checkpoint
+        logger.warning("Resume %s: not one of our training checkpoints: weights only, training starts at epoch %d",
+                       args.resume, args.start_epoch)
+        return None
     restored = train_checkpoint.restore_training_state(checkpoint, train_step, args.resume)
-    if checkpoint.epoch is not None:
-        args.start_epoch = checkpoint.epoch + 1
+    args.start_epoch = checkpoint.epoch + 1
+    if distributed.is_main_process(args):
+        resume_outputs(args, checkpoint)
     logger.info("With optim & sched: restored %d optimizer / loss-scale tensors; continuing at epoch %d",
                 restored, args.start_epoch)
     return checkpoint.best_score
@@ -292,30 +304,53 @@ def train(args, model, train_step, datasets, class_names, best_score):
         for epoch in range(args.start_epoch, args.epochs):
             best_score = train_epoch(args, model, train_step, (train_loader, val_loader), mixup_fn, tb_log,
                                      class_names, epoch, n_parameters, best_score)
+            # a safe point on every rank: the epoch's checkpoint is saved
+            interrupts.check(lambda signum: distributed.all_reduce_max(signum, args))
     finally:
         tb_log.close()
 
 
 def train_epoch(args, model, train_step, loaders, mixup_fn, tb_log, class_names, epoch, n_parameters, best_score):
-    """One epoch: train, validate, save checkpoint-best when the val score improved and checkpoint-last, log.
-    Returns the best val score so far."""
+    """One epoch: train, validate, log, then checkpoint-best when the val score improved and checkpoint-last.
+    Returns the best val score so far. The checkpoints record how many rows the outputs had (resume_outputs)."""
     out_dir = os.path.join(args.output_dir, args.task)
     train_stats, _ = engine.train_one_epoch(train_step, loaders[0], epoch, args, mixup_fn, tb_log)
     val_stats = engine.evaluate(model, loaders[1], args, "val", class_names, epoch, tb_log)
     if not distributed.is_main_process(args):
         return best_score
-    if val_stats["score"] > best_score:
-        best_score = val_stats["score"]
-        train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch,
-                                         best_score, class_names, args)
-    train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
-                                     best_score, class_names, args)
     engine.append_log(args, {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch,
                              "n_parameters": n_parameters, "val_loss": val_stats["val_loss"],
                              "val_accuracy": val_stats["accuracy"], "val_score": val_stats["score"]})
+    outputs = {"metrics_val.csv": metrics_lib.count_rows(os.path.join(out_dir, "metrics_val.csv")),
+               "log.txt": metrics_lib.count_rows(os.path.join(out_dir, "log.txt"), header=False)}
+    if val_stats["score"] > best_score:
+        best_score = val_stats["score"]
+        train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-best.ckpt"), model, train_step, epoch,
+                                         best_score, class_names, args, outputs)
+    train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
+                                     best_score, class_names, args, outputs)
     with open(os.path.join(out_dir, "log.txt"), encoding="utf-8") as fh:
         save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
     return best_score
+
+
+def resume_outputs(args, checkpoint):
+    """Cut metrics_val.csv and log.txt back to the rows they had when the checkpoint was saved: a run stopped
+    after writing an epoch's rows but before its checkpoint writes them again when resumed, never twice."""
+    out_dir = os.path.join(args.output_dir, args.task)
+    for name, rows in checkpoint.meta.get("outputs", {}).items():
+        metrics_lib.keep_first_rows(os.path.join(out_dir, name), int(rows), header=name.endswith(".csv"))
+
+
+def remove_stale_temporaries(out_dir):
+    """Temporary files a crashed or killed run left in the task folder: never read, removed here."""
+    if not os.path.isdir(out_dir):
+        return
+    for name in os.listdir(out_dir):
+        if name.endswith((".partial", ".partial.ckpt")):
+            logger.info("removing %s, left by an interrupted run", name)
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(out_dir, name))
 
 
 def evaluate_best_on_test(args, model, test_loader, class_names):
@@ -337,6 +372,7 @@ def main(args) -> int:
     use_compile_cache(args, datasets)
     if distributed.is_main_process(args):
         os.makedirs(os.path.join(args.output_dir, args.task), exist_ok=True)
+        remove_stale_temporaries(os.path.join(args.output_dir, args.task))
     model = build_model(args)
     test_loader = eval_loader(datasets["test"], args)
     if args.eval:
@@ -353,11 +389,49 @@ def main(args) -> int:
     return 0
 
 
+def stopped_message(args, signum):
+    """One line: where the last complete checkpoint is and how to go on from it."""
+    last = os.path.join(args.output_dir, args.task, "checkpoint-last.ckpt")
+    try:
+        epoch = train_checkpoint.read_checkpoint(last).epoch if os.path.exists(last) else None
+    except WeightError:
+        epoch = None
+    name = interrupts.signal_name(signum)
+    if epoch is None:
+        return f"stopped by {name} before any checkpoint was saved: run the command again to start over"
+    return (f"stopped by {name}: the last complete checkpoint is {last} (epoch {epoch}); to continue, run the same "
+            f"command with --resume {last}")
+
+
 def run(argv: Optional[List[str]] = None) -> int:
-    """Entry point: upstream flags in, outputs written; a clear one-line error and exit 1 for bad input."""
+    """Entry point: upstream flags in, outputs written; a clear one-line error and exit 1 for bad input. Started as
+    a script, SIGINT / SIGTERM stop it at the next safe point with exit 130 / 143 (util_mindspore/interrupts.py)."""
     args = get_args_parser().parse_args(argv)
     setup_logging()
-    return exit_code(main, args)
+    task_dir = os.path.join(args.output_dir, args.task)
+    existed = os.path.isdir(task_dir)
+    try:
+        code = exit_code(main, args)
+    except interrupts.StopRequested as stop:
+        print(stopped_message(args, stop.signum), file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        if not interrupts.active():
+            raise
+        signum = interrupts.requested() or interrupts.signal.SIGINT
+        print(stopped_message(args, signum), file=sys.stderr)
+        return interrupts.EXIT_CODES[signum]
+    if code and not existed:
+        remove_empty_folders(task_dir)
+    return code
+
+
+def remove_empty_folders(folder):
+    """A run that stopped on its input leaves no empty task folder behind (nor MindSpore's empty one inside)."""
+    for dirpath, _, _ in sorted(os.walk(folder), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)  # only succeeds when empty
+
 
 if __name__ == "__main__":
     _ENTRY_SCRIPT = True

@@ -62,3 +62,25 @@ def read_tensorboard_scalars(folder):
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
+
+
+def mount_namespace_available():
+    """Whether this machine lets a test mount its own filesystems (a user and mount namespace: no real root)."""
+    import shutil
+    import subprocess
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    return probe.returncode == 0
+
+
+def run_with_mounts(mounts, argv, cwd, timeout=600):
+    """Run `python <argv>` in a private mount namespace after `mounts` (shell commands: tmpfs of a given size for
+    a full disk, read-only bind mounts): the filesystems exist for that process only."""
+    import shlex
+    import subprocess
+    import sys
+    command = " && ".join(mounts + [shlex.join([sys.executable, *argv])])
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)

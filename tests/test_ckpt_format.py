@@ -23,10 +23,14 @@ def test_streamed_ckpt_writer_and_reader_match_mindspore(tmp_path):
     save_arrays_ckpt(arrays, ours, append_dict=extra)
     ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.copy(order="C"))} for k, v in arrays.items()], theirs,
                        append_dict=dict(extra))
-    assert open(ours, "rb").read() == open(theirs, "rb").read()
+    ours_bytes, theirs_bytes = open(ours, "rb").read(), open(theirs, "rb").read()
+    assert ours_bytes[:len(theirs_bytes)] == theirs_bytes  # then one more entry: the end marker
+    assert ckpt_format.END_MARKER in ms.load_checkpoint(ours)  # MindSpore still reads the file
     assert not os.path.exists(str(tmp_path / "ours.partial.ckpt"))
-    fast = ckpt_format._read_plain_ckpt(theirs)
+    fast = ckpt_format._read_plain_ckpt(theirs)[0]
     for name, value in ms.load_checkpoint(ours).items():
+        if name == ckpt_format.END_MARKER:
+            continue
         if isinstance(value, str):
             assert fast[name] == value, name
         else:  # MindSpore reads a scalar back as shape (1,); we keep its shape ()
@@ -38,11 +42,100 @@ def test_streamed_ckpt_writer_and_reader_match_mindspore(tmp_path):
     np.testing.assert_array_equal(checkpoint.weights["strided"], arrays["strided"])
 
 
-def test_a_truncated_ckpt_is_reported_in_one_line(tmp_path):
-    path = str(tmp_path / "cut.ckpt")
-    save_arrays_ckpt({"w": np.ones((64, 64), np.float32)}, path)
+def small_training_checkpoint(path):
+    rng = np.random.default_rng(1)
+    arrays = {f"blocks.{i}.w": rng.standard_normal((32, 32)).astype(np.float32) for i in range(4)}
+    arrays.update({f"optimizer.exp_avg.blocks.{i}.w": np.zeros((32, 32), np.float32) for i in range(4)})
+    meta = json.dumps({"format": "retfound-mindspore-train-1", "class_names": ["a", "b"], "model": "m"})
+    save_arrays_ckpt(arrays, path, append_dict={"epoch": 3, "best_score": 0.5, "meta": meta})
+    return arrays
+
+
+def message_ends(path):
+    """Byte offsets where each message of a .ckpt ends (the record boundaries a cut copy may stop at)."""
+    data, ends, pos = open(path, "rb").read(), [], 0
+    while pos < len(data):
+        start, end = ckpt_format._read_len_field(data, pos, 1)
+        ends.append(end)
+        pos = end
+    return ends
+
+
+def test_a_ckpt_cut_anywhere_is_refused_in_one_line(tmp_path):
+    """What a kill during a save or an interrupted copy leaves: cut at every record boundary and mid-record."""
+    path = str(tmp_path / "whole.ckpt")
+    small_training_checkpoint(path)
+    data = open(path, "rb").read()
+    ends = message_ends(path)
+    # (cut just before the marker, a training checkpoint holds everything: that is how earlier versions wrote it)
+    for cut in ends[:-2] + [ends[0] // 2, len(data) - 3, 0]:
+        cut_path = str(tmp_path / "cut.ckpt")
+        with open(cut_path, "wb") as fh:
+            fh.write(data[:cut])
+        with pytest.raises(WeightError) as err:
+            read_checkpoint(cut_path)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(cut_path), message
+        assert "no end marker" in message or "empty file" in message or "not a readable" in message, message
+
+
+def test_a_ckpt_changed_after_writing_fails_its_checksum(tmp_path):
+    path = str(tmp_path / "flipped.ckpt")
+    small_training_checkpoint(path)
     with open(path, "r+b") as fh:
-        fh.truncate(os.path.getsize(path) // 2)
-    with pytest.raises(WeightError, match=r"cut\.ckpt: unreadable MindSpore checkpoint") as err:
+        fh.seek(200)
+        byte = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(WeightError, match=r"flipped\.ckpt: damaged checkpoint: checksum mismatch"):
         read_checkpoint(path)
-    assert "\n" not in str(err.value)
+
+
+def test_a_training_checkpoint_of_an_earlier_version_still_loads(tmp_path):
+    """Before the end marker, our training checkpoints ended with their metadata: that is enough to know them whole;
+    a weights-only .ckpt without the marker can be sealed after a check."""
+    path = str(tmp_path / "old.ckpt")
+    arrays = small_training_checkpoint(path)
+    ends = message_ends(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(ends[-2])  # without the marker: as an earlier version wrote it
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.epoch == 3 and set(checkpoint.weights) == {k for k in arrays if k.startswith("blocks")}
+    foreign = str(tmp_path / "foreign.ckpt")
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones(3, np.float32))}], foreign)
+    with pytest.raises(WeightError, match="python -m util_mindspore.ckpt_format --seal"):
+        read_checkpoint(foreign)
+    assert ckpt_format.main(["--seal", foreign]) == 0
+    np.testing.assert_array_equal(read_checkpoint(foreign).weights["w"], np.ones(3, np.float32))
+
+
+def test_kill_9_during_saves_never_leaves_a_file_that_is_read(tmp_path):
+    """A process saving in a loop is killed at random moments: the checkpoint is whole or absent, never torn, and
+    what the kill left (*.partial.ckpt) is refused when read."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = (
+        "import numpy as np, sys\n"
+        "from util_mindspore.ckpt_format import save_arrays_ckpt\n"
+        "arrays = {f'w{i}': np.full((256, 1024), i, np.float32) for i in range(24)}\n"
+        "while True:\n"
+        "    save_arrays_ckpt(arrays, sys.argv[1])\n")
+    target = str(tmp_path / "saving.ckpt")
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        process = subprocess.Popen([sys.executable, "-c", script, target], cwd=os.path.dirname(
+            os.path.dirname(os.path.abspath(__file__))))
+        time.sleep(1.0 + rng.random())
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if os.path.exists(target):
+            entries = ckpt_format.read_ckpt_entries(target)
+            assert len(entries) == 24 and float(entries["w23"][0, 0]) == 23.0
+        partial = ckpt_format.partial_name(target)
+        if os.path.exists(partial):  # torn (refused), or whole and killed just before its rename (readable)
+            try:
+                assert len(ckpt_format.read_ckpt_entries(partial)) == 24
+            except WeightError as exc:
+                assert "no end marker" in str(exc) or "empty file" in str(exc) or "not a readable" in str(exc)

@@ -131,7 +131,10 @@ def test_converted_ckpt_is_the_one_ms_save_checkpoint_writes(tmp_path, monkeypat
     expected = str(tmp_path / "expected.ckpt")
     ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.float().contiguous().numpy())} for k, v in sd.items()
                         if not k.startswith("decoder")], expected)
-    assert open(ckpt, "rb").read() == open(expected, "rb").read()
+    theirs = open(expected, "rb").read()
+    ours = open(ckpt, "rb").read()
+    assert ours[:len(theirs)] == theirs  # then our end marker (tests/test_ckpt_format.py)
+    assert ckpt_format.END_MARKER.encode() in ours[len(theirs):]
 
 
 def test_corrupt_tensor_bytes_are_refused_and_nothing_cached(tmp_path):
@@ -217,3 +220,15 @@ def test_ranks_starting_together_download_and_convert_once(hub, tmp_path):
     assert results[0][0] == results[1][0]
     assert sorted(n for _, n in results) == [0, 1]
     assert hub.gets() == 1
+
+
+def test_random_bytes_and_failed_names_say_what_is_wrong_and_leave_no_lock(tmp_path, hub):
+    junk = str(tmp_path / "junk.pth")
+    with open(junk, "wb") as fh:
+        fh.write(np.random.default_rng(0).bytes(5000))
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightError, match=r"junk\.pth: not a PyTorch checkpoint"):
+        download_and_convert_weights(junk, cache_dir=str(cache))
+    with pytest.raises(WeightError, match="someone/missing"):  # unknown to the hub (which says 401, as HF)
+        download_and_convert_weights("someone/missing", cache_dir=str(cache))
+    assert [f for f in os.listdir(cache) if f.endswith(".lock")] == []

@@ -82,3 +82,44 @@ def test_dist_eval_equals_single_process_eval_and_lists_every_image_once(msrun_r
     # every metric but val_loss: upstream's val_loss is the mean of per-batch losses, and each rank's slice is
     # batched on its own under --dist_eval (upstream's DistributedSampler batches differ from one process's too)
     assert [row[1:] for row in distributed] == [pytest.approx(row[1:], abs=1e-6) for row in single]
+
+
+def test_sigterm_stops_every_rank_at_the_same_step(tmp_path):
+    """A scheduler's SIGTERM reaches each worker: they agree on the step, stop, and each exits 143 (msrun then
+    reports the failed workers); the checkpoint rank 0 wrote last is complete."""
+    import signal
+    import time
+
+    from util_mindspore.train_checkpoint import read_checkpoint
+    if shutil.which("msrun") is None:
+        pytest.skip("msrun (installed with mindspore) is not on PATH")
+    data = make_dataset(tmp_path / "data", per_split={"train": 24, "val": 3, "test": 3})
+    env = dict(os.environ, PYTHONPATH=ROOT, RETFOUND_MS_CACHE=str(tmp_path / "weights"))
+    command = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={free_port()}",
+               f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(ROOT, "main_finetune_mindspore.py"),
+               "--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
+               "--batch_size", "2", "--epochs", "40", "--warmup_epochs", "1", "--output_dir", str(tmp_path / "out"),
+               "--task", "t", "--num_workers", "2", "--log_dir", ""]
+    msrun = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=str(tmp_path), start_new_session=True)
+    try:
+        last = tmp_path / "out" / "t" / "checkpoint-last.ckpt"
+        started = time.time()
+        while not last.exists():
+            assert msrun.poll() is None and time.time() - started < 600, msrun.communicate()[1][-2000:]
+            time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(msrun.pid)], capture_output=True, text=True).stdout.split()
+        workers = [pid for pid in children if b"main_finetune_mindspore.py" in open(f"/proc/{pid}/cmdline", "rb").read()
+                   and b"MS_ROLE=MS_WORKER" in open(f"/proc/{pid}/environ", "rb").read()]
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(int(pid), signal.SIGTERM)
+        msrun.communicate(timeout=600)
+    finally:
+        if msrun.poll() is None:
+            os.killpg(msrun.pid, signal.SIGKILL)
+    logs = [open(tmp_path / "logs" / name).read() for name in os.listdir(tmp_path / "logs")
+            if name.startswith("worker")]
+    assert len(logs) == 2 and all("stopped by SIGTERM" in log for log in logs), [log[-1500:] for log in logs]
+    assert read_checkpoint(str(last)).epoch is not None
+    assert not [f for f in os.listdir(tmp_path / "out" / "t") if ".partial" in f]

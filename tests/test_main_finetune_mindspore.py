@@ -469,3 +469,75 @@ def test_dinov3_rotary_coordinates_are_rescaled_in_training_only():
     assert 0.5 - 1e-4 <= min(scales) < max(scales) <= 2.0 + 1e-4
     first, second = model.forward_features(images).asnumpy(), model.forward_features(images).asnumpy()
     assert np.abs(first - second).max() > 1e-3
+
+
+def _one_line_error(capsys):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cut_or_incomplete_checkpoints_are_refused_by_every_reader(tmp_path, capsys):
+    """--resume, --eval and --finetune refuse a .ckpt cut short (kill during a save, interrupted copy) and a
+    training checkpoint without the optimizer state the run needs, in one line, before anything is overwritten."""
+    from util_mindspore.ckpt_format import save_arrays_ckpt
+    data = make_dataset(tmp_path / "data")
+    out = str(tmp_path / "out")
+    assert main_finetune_mindspore.run(small_argv(data, out, epochs=1)) == 0
+    last = os.path.join(out, "t", "checkpoint-last.ckpt")
+    before = open(last, "rb").read()
+    cut = str(tmp_path / "cut.ckpt")
+    with open(cut, "wb") as fh:
+        fh.write(before[:len(before) // 3])
+    capsys.readouterr()
+    for extra in (["--resume", cut], ["--finetune", cut]):
+        assert main_finetune_mindspore.run(small_argv(data, out, epochs=2, extra=extra)) == 1
+        assert f"{cut}: incomplete checkpoint: no end marker" in _one_line_error(capsys)
+    assert main_finetune_mindspore.run(["--eval", "--resume", cut, "--model", "vit_tiny_patch16", "--data_path", data,
+                                        "--nb_classes", "3", "--input_size", "32", "--output_dir", out,
+                                        "--task", "t"]) == 1
+    assert "no end marker" in _one_line_error(capsys)
+
+    checkpoint = read_checkpoint(last)
+    partial_state = {k: v for k, v in list(checkpoint.state.items())[::2]}
+    weights_and_half = str(tmp_path / "half_state.ckpt")
+    save_arrays_ckpt({**checkpoint.weights, **partial_state}, weights_and_half,
+                     append_dict={"epoch": 0, "best_score": 0.5, "meta": json.dumps(checkpoint.meta)})
+    assert main_finetune_mindspore.run(small_argv(data, out, epochs=2, extra=["--resume", weights_and_half])) == 1
+    message = _one_line_error(capsys)
+    assert "cannot continue this run: the checkpoint lacks" in message and "--finetune" in message
+    assert open(last, "rb").read() == before  # nothing overwritten
+
+
+def test_a_failed_run_leaves_no_empty_task_folder(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main_finetune_mindspore.run(small_argv(data, str(out), extra=["--nb_classes", "4"])) == 1
+    assert not (out / "t").exists()
+
+
+def test_file_and_class_names_that_are_not_utf8_train_and_are_written_escaped(tmp_path):
+    """Linux names are bytes: a class folder and image names that are not UTF-8 train like any other, and the
+    CSVs and pictures show their undecodable bytes as backslash escapes (README)."""
+    data = make_dataset(tmp_path / "data")
+    root = os.fsencode(data)
+    for split in (b"train", b"val", b"test"):
+        os.rename(os.path.join(root, split, b"c"), os.path.join(root, split, b"cl\xe9"))  # latin-1, not UTF-8
+        os.rename(os.path.join(root, split, b"a", b"0.png"), os.path.join(root, split, b"a", b"\xff\xfe.png"))
+    out = tmp_path / "out"
+    assert main_finetune_mindspore.run(small_argv(data, str(out), epochs=1)) == 0
+    for mode in ("val", "test"):
+        text = open(out / "t" / f"predictions_{mode}.csv", encoding="utf-8").read()
+        assert "\\xff\\xfe.png" in text and "prob_cl\\xe9" in text
+    assert (out / "t" / "confusion_matrix_test.jpg").stat().st_size > 0
+    assert read_checkpoint(str(out / "t" / "checkpoint-best.ckpt")).class_names == ["a", "b", "cl\\xe9"]
+
+
+def test_temporary_files_left_by_a_crash_are_removed_by_the_next_run(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    task = tmp_path / "out" / "t"
+    task.mkdir(parents=True)
+    for name in ("checkpoint-last.partial.ckpt", "metrics_val.csv.4242.partial", "log.txt.4242.partial"):
+        (task / name).write_bytes(b"torn")
+    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=1)) == 0
+    assert not [f for f in os.listdir(task) if "partial" in f]

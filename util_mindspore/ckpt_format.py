@@ -6,14 +6,27 @@ ms.save_checkpoint copies every tensor on its way to disk and ms.load_checkpoint
 these write and read the same bytes straight from and into numpy (tests check byte equality with
 ms.save_checkpoint and agreement with ms.load_checkpoint). Anything else (encrypted, CRC trailer, map tensors)
 is left to ms.load_checkpoint.
+
+Every file we write ends with one more entry, END_MARKER (a string, so ms.load_checkpoint still reads the file):
+the number of messages before it, their size in bytes and the CRC-32 of those bytes. A file cut short anywhere,
+even between two tensors (what a kill during a save or an interrupted copy leaves), lacks it, and a file changed
+since lacks the CRC: every reader refuses both in one line. A file without the marker that is known to be
+complete (a training checkpoint of an earlier version, whose last entry is its metadata) is accepted by the
+caller's `complete_without_marker`; any other can be sealed after checking it: python -m util_mindspore.ckpt_format
+--seal FILE.
 """
+import argparse
 import errno
+import json
 import os
+import sys
 import typing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from zlib_ng import zlib_ng
 
+from util_mindspore.atomic_files import fsync_dir
 from util_mindspore.errors import WeightError, first_line
 
 _CKPT_TYPES = {"float32": "Float32", "float16": "Float16", "float64": "Float64", "int8": "Int8", "int16": "Int16",
@@ -21,6 +34,8 @@ _CKPT_TYPES = {"float32": "Float32", "float16": "Float16", "float64": "Float64",
 _CKPT_DTYPES = {v: np.dtype(k) for k, v in _CKPT_TYPES.items()}
 _CKPT_SLICE = 512 << 20  # ms.save_checkpoint splits a tensor's bytes into messages of at most this size
 CKPT_WRITE_AHEAD = 2  # save_arrays_ckpt draws at most this many items beyond the last one fully written
+END_MARKER = "__retfound_end__"
+_CRC_CHUNK = 16 << 20
 
 
 def _varint(n):
@@ -101,6 +116,7 @@ def _write_all(fh, data):
 
 
 def _write_ckpt_entry(fh, name, value):
+    """Write one entry; returns how many messages it took."""
     if isinstance(value, FileExtent):
         dims, type_name, nbytes = list(value.shape), "Float32", 4 * int(np.prod(value.shape, dtype=np.int64))
     else:
@@ -113,7 +129,28 @@ def _write_ckpt_entry(fh, name, value):
             _copy_extent(value.file.fileno(), value.offset + start, count, fh.fileno())
         else:
             _write_all(fh, data[start:start + count])
+    return len(range(0, max(nbytes, 1), _CKPT_SLICE))
 
+
+def _crc32_of(fd, length):
+    crc, offset = 0, 0
+    while offset < length:
+        chunk = os.pread(fd, min(_CRC_CHUNK, length - offset), offset)
+        if not chunk:
+            raise OSError(errno.EIO, "file shorter than written")
+        crc = zlib_ng.crc32(chunk, crc)
+        offset += len(chunk)
+    return crc
+
+
+def _end_marker(messages, length, crc):
+    return json.dumps({"version": 1, "messages": messages, "bytes": length, "crc32": crc})
+
+
+def _seal(fh, messages):
+    """Append END_MARKER for everything written so far (read back for its CRC-32, from the page cache)."""
+    length = os.fstat(fh.fileno()).st_size
+    _write_ckpt_entry(fh, END_MARKER, _end_marker(messages, length, _crc32_of(fh.fileno(), length)))
 
 def save_arrays_ckpt(arrays, path, append_dict=None):
     """Write name -> array (then append_dict's str / int / float) as a MindSpore .ckpt via a temp file.
@@ -124,24 +161,33 @@ def save_arrays_ckpt(arrays, path, append_dict=None):
     them all. When the generator draws item k, items up to k - CKPT_WRITE_AHEAD - 1 are written: their memory
     may be reused. An exception from the generator leaves nothing behind.
     """
-    tmp = f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
+    tmp = partial_name(path)
     pairs = arrays.items() if isinstance(arrays, dict) else arrays
     try:
         # unbuffered: _copy_extent writes at the file descriptor's position, behind any Python buffer
-        with open(tmp, "wb", buffering=0) as fh, ThreadPoolExecutor(1) as writer:
-            pending = []
+        with open(tmp, "w+b", buffering=0) as fh, ThreadPoolExecutor(1) as writer:
+            pending, messages = [], 0
             for name, value in pairs:
                 pending.append(writer.submit(_write_ckpt_entry, fh, name, value))
                 if len(pending) > CKPT_WRITE_AHEAD:  # bounded read-ahead
-                    pending.pop(0).result()
+                    messages += pending.pop(0).result()
             for name, value in (append_dict or {}).items():
                 pending.append(writer.submit(_write_ckpt_entry, fh, name, value))
-            for future in pending:
-                future.result()
+            messages += sum(future.result() for future in pending)
+            _seal(fh, messages)
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as exc:  # a full or read-only disk: name the file (the write calls do not)
+        raise OSError(exc.errno, exc.strerror or str(exc), exc.filename or path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def partial_name(path):
+    """The temporary name a .ckpt is written under (a crash may leave it: it is never read, and is removed)."""
+    return f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
 
 
 class _NotPlainCkpt(Exception):
@@ -173,11 +219,11 @@ def _read_len_field(buf, pos, number, available=None):
 
 
 def _read_plain_ckpt(path):
-    """name -> numpy array or str from a .ckpt of plain tensors (see the block comment above).
+    """(name -> numpy array or str, message count, start of the last message) from a .ckpt of plain tensors.
 
     Each message head is parsed from a small read; the tensor bytes are read straight into their array.
     """
-    chunks, meta = {}, {}
+    chunks, meta, messages, last_start = {}, {}, 0, 0
     size = os.path.getsize(path)
     if size == 0:
         raise _NotPlainCkpt("empty file")
@@ -207,6 +253,7 @@ def _read_plain_ckpt(path):
             if fh.readinto(content) != len(content):
                 raise _NotPlainCkpt("truncated tensor")
             chunks.setdefault(name, []).append(content)
+            messages, last_start = messages + 1, pos
             pos += end
     out = {}
     for name, (dims, type_name) in meta.items():
@@ -219,23 +266,98 @@ def _read_plain_ckpt(path):
             raise _NotPlainCkpt(f"tensor type {type_name}")
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out[name] = data.view(_CKPT_DTYPES[type_name]).reshape(dims)
-    return out
+    return out, messages, last_start
 
 
-def read_ckpt_entries(path):
-    """name -> numpy array or str: our streamed reader, or ms.load_checkpoint for files it does not handle."""
+_SEAL_HINT = "python -m util_mindspore.ckpt_format --seal"
+
+
+def _check_end_marker(path, entries, messages, last_start):
+    marker = entries.pop(END_MARKER, None)
+    if marker is None:
+        return False
     try:
-        return _read_plain_ckpt(path)
-    except (_NotPlainCkpt, ValueError):  # ValueError: a name or type that is not UTF-8
-        return _load_with_mindspore(path)
+        expected = json.loads(marker)
+        counts_fit = expected["messages"] == messages - 1 and expected["bytes"] == last_start
+    except (ValueError, KeyError, TypeError):
+        counts_fit = False
+    if not counts_fit:
+        raise WeightError(f"{path}: damaged checkpoint: its end marker does not match its contents")
+    with open(path, "rb") as fh:
+        if _crc32_of(fh.fileno(), last_start) != expected["crc32"]:
+            raise WeightError(f"{path}: damaged checkpoint: checksum mismatch (changed or corrupted since it "
+                              "was written); use another copy")
+    return True
+
+
+def read_ckpt_entries(path, complete_without_marker=None):
+    """name -> numpy array or str of a complete .ckpt (see the module docstring): our streamed reader, or
+    ms.load_checkpoint for files it does not handle. `complete_without_marker(entries, last_name) -> bool` says
+    whether a file without the end marker is nonetheless whole."""
+    try:
+        entries, messages, last_start = _read_plain_ckpt(path)
+    except (_NotPlainCkpt, ValueError) as exc:  # ValueError: a name or type that is not UTF-8
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise WeightError(f"{path}: empty file, not a checkpoint") from None
+        if "truncated" in str(exc):
+            raise WeightError(f"{path}: incomplete checkpoint: no end marker, cut short inside an entry "
+                              "(a crash or an interrupted copy?)") from None
+        entries = _load_with_mindspore(path, exc)
+        if entries.pop(END_MARKER, None) is None:
+            raise WeightError(f"{path}: incomplete or foreign checkpoint: no end marker") from None
+        return entries
     except OSError as exc:
         raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
+    if _check_end_marker(path, entries, messages, last_start):
+        return entries
+    last_name = list(entries)[-1] if entries else None
+    if complete_without_marker is not None and complete_without_marker(entries, last_name):
+        return entries
+    raise WeightError(f"{path}: incomplete checkpoint: no end marker (cut short by a crash or an interrupted "
+                      f"copy?); if it comes from elsewhere and you know it is whole: {_SEAL_HINT} {path}")
 
 
-def _load_with_mindspore(ckpt_path):
+def seal_ckpt(path):
+    """Append the end marker to a complete .ckpt written elsewhere (ms.save_checkpoint, an older version)."""
+    entries = read_ckpt_entries(path, complete_without_marker=lambda entries, last: True)
+    if not entries:
+        raise WeightError(f"{path}: holds no tensors")
+    _, messages, _ = _read_plain_ckpt(path)
+    tmp = partial_name(path)
+    try:
+        with open(path, "rb") as src, open(tmp, "w+b", buffering=0) as fh:
+            while chunk := src.read(_CRC_CHUNK):
+                _write_all(fh, chunk)
+            _seal(fh, messages)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_with_mindspore(ckpt_path, why):
     import mindspore as ms
     try:
         loaded = ms.load_checkpoint(ckpt_path)
-    except Exception as exc:
-        raise WeightError(f"{ckpt_path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
+    except Exception:  # MindSpore's message (about filter_prefix, for one) does not help: say what our reader saw
+        raise WeightError(f"{ckpt_path}: not a readable MindSpore checkpoint ({first_line(why)})") from None
     return {k: v if isinstance(v, str) else v.asnumpy() for k, v in loaded.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Check a .ckpt written elsewhere and give it our end marker.")
+    parser.add_argument("--seal", required=True, metavar="FILE")
+    args = parser.parse_args(argv)
+    try:
+        seal_ckpt(args.seal)
+    except (WeightError, OSError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"sealed {args.seal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,11 +9,13 @@ sharing one directory).
 """
 import hashlib
 import json
+import logging
 import os
 
 import mindspore as ms
 
 from util_mindspore.conversion import default_cache_dir
+from util_mindspore.errors import first_line
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Flags that only name files: two runs that differ in these alone compile the same graphs.
@@ -56,6 +58,14 @@ def enable_compile_cache(root, key):
             digest.update(os.path.relpath(path, _ROOT).encode() + b"\0" + fh.read())
     digest.update(json.dumps(key, sort_keys=True, default=str).encode())
     path = os.path.join(root, digest.hexdigest()[:20])
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK) or os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:  # a read-only cache costs compile time, never the run
+        logging.getLogger("retfound").warning("compile cache is off: %s cannot be written (%s)", root,
+                                              first_line(exc))
+        ms.set_context(enable_compile_cache=False)
+        return None
     ms.set_context(enable_compile_cache=True, compile_cache_path=path)
     return path

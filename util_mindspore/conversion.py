@@ -2,6 +2,7 @@
 rules, and keep the cache (a .ckpt beside a .json that marks a complete conversion and says what it came from).
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,13 +16,14 @@ from typing import Optional
 import numpy as np
 
 from util_mindspore import hub, torch_pickle
+from util_mindspore.atomic_files import atomic_write
 from util_mindspore.ckpt_format import CKPT_WRITE_AHEAD, FileExtent, save_arrays_ckpt
 from util_mindspore.errors import WeightError, first_line
 from util_mindspore.source_layouts import checkpoint_filter_fn
 
 logger = logging.getLogger("retfound.weights")
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: .ckpt files carry an end marker (entries of version 1 are converted again)
 
 
 def default_cache_dir():
@@ -51,6 +53,9 @@ def _read_torch_file(path):
     try:
         return torch_pickle.load(path)
     except torch_pickle.NotZipCheckpoint:
+        with open(path, "rb") as fh:
+            if fh.read(1) != b"\x80":  # the legacy format is a pickle (protocol 2+): anything else is not torch's
+                raise WeightError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
         import torch  # only torch reads the legacy format; without it the ImportError reports "unreadable"
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -107,10 +112,8 @@ def _read_meta(meta_path):
 
 
 def _write_atomic_json(path, data):
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as fh:
+    with atomic_write(path) as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _cache_paths(cache_dir, source):
@@ -130,7 +133,8 @@ def _is_cache_hit(source, ckpt_path, meta_path, token, revision):
         if meta.get("source_fingerprint") != _local_fingerprint(source.path):
             return False
         # same tensors, new mtime (a copy, a touch): remember the new identity so the next call skips this
-        _write_atomic_json(meta_path, dict(meta, source_identity=_file_identity(source.path)))
+        with contextlib.suppress(OSError):  # a read-only cache: the next call checks again
+            _write_atomic_json(meta_path, dict(meta, source_identity=_file_identity(source.path)))
         return True
     if meta.get("repo_id") != source.repo_id or meta.get("filename") != source.filename or \
             meta.get("revision") != revision:
@@ -198,23 +202,63 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
                 time.time() - started, ckpt_path)
 
 
+def is_cache_entry(ckpt_path, name_or_path):
+    """Whether ckpt_path is a conversion we made (re-made at will), not the user's own .ckpt."""
+    return os.path.abspath(ckpt_path) != os.path.abspath(str(name_or_path))
+
+
+def _writable(folder):
+    return os.path.isdir(folder) and os.access(folder, os.W_OK) and not _read_only_fs(folder)
+
+
+def _read_only_fs(folder):
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def _cache_lock(cache_dir, lock_path, ckpt_path):
+    """The cache entry's file lock, so ranks starting together convert once. A cache that cannot be written (a
+    shared read-only cache) is still read: without the lock, with a warning. A lock file is removed again when its
+    conversion failed, so failed names leave nothing behind."""
+    from filelock import FileLock
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        lock = FileLock(lock_path)
+        lock.acquire()
+    except OSError as exc:
+        logger.warning("weights cache %s: the lock is off (%s): reading it without", cache_dir, first_line(exc))
+        yield
+        return
+    try:
+        yield
+    finally:
+        if not os.path.exists(ckpt_path):
+            with contextlib.suppress(OSError):
+                os.remove(lock_path)
+        lock.release()
+
+
 def download_and_convert_weights(name_or_path: str, cache_dir: Optional[str] = None, token: Optional[str] = None,
                                  revision: Optional[str] = None, force: bool = False) -> str:
     """Path of the MindSpore .ckpt for a checkpoint source; downloads and converts only when needed.
 
     Ranks starting together convert once: the first takes a file lock, the others wait and reuse it.
     """
-    from filelock import FileLock
     source = hub.resolve_source(name_or_path)
     if source.kind == "ckpt":
         return source.path
     cache_dir = cache_dir or default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
     ckpt_path, meta_path, lock_path = _cache_paths(cache_dir, source)
     token = token or None
-    with FileLock(lock_path):
+    with _cache_lock(cache_dir, lock_path, ckpt_path):
         if not force and _is_cache_hit(source, ckpt_path, meta_path, token, revision):
             return ckpt_path
+        if not _writable(cache_dir):
+            raise WeightError(f"{cache_dir}: the weights cache is not writable ({name_or_path} must be converted "
+                              "into it): give --weights_cache_dir a writable folder or set RETFOUND_MS_CACHE")
         if source.kind == "local":
             path, extra = source.path, {"source_path": source.path, "source_identity": _file_identity(source.path),
                                         "source_fingerprint": _local_fingerprint(source.path)}

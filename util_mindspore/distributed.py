@@ -69,6 +69,13 @@ def all_gather_rows(array, args):
     return np.concatenate([part[:count] for part, count in zip(gathered, counts)])
 
 
+def all_reduce_max(value, args):
+    """The largest of the ranks' integers (what a stop request agrees on: every rank stops at the same step)."""
+    if not getattr(args, "distributed", False):
+        return value
+    return int(all_gather_rows(np.array([value], np.int64), args).max())
+
+
 def all_reduce_mean(value, args):
     if not getattr(args, "distributed", False):
         return value

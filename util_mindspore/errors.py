@@ -2,6 +2,8 @@
 command-line scripts' way out."""
 import sys
 
+from util_mindspore.file_names import printable
+
 
 def first_line(exc):
     """An exception's first line of text (or its type): error messages here stay one line."""
@@ -23,5 +25,5 @@ def exit_code(main, args):
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     except OSError as exc:
         message = f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     return 1

@@ -1,9 +1,13 @@
 """Upstream's evaluation metrics (scikit-learn), its metrics CSV, and the pictures we write beside it."""
 import csv
+import io
 import os
 import warnings
 
 import numpy as np
+
+from util_mindspore.atomic_files import atomic_write
+from util_mindspore.file_names import printable
 
 METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", "recall",
                   "average_precision", "kappa"]
@@ -65,26 +69,54 @@ def _roc_auc(roc_auc_score, true_onehot, probs):
         return float("nan")
 
 
+def _csv_text(rows):
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
 def append_metrics_csv(path, metrics):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="", encoding="utf8") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(METRIC_COLUMNS)
-        writer.writerow([metrics[k] for k in METRIC_COLUMNS])
+    """Upstream appends a row in place; a crash mid-append would leave half a row, so the file is rewritten
+    whole (it holds one row per epoch) through a temporary file."""
+    existing = _csv_text([METRIC_COLUMNS])
+    if os.path.exists(path):
+        with open(path, newline="", encoding="utf8") as fh:
+            existing = fh.read()
+    with atomic_write(path, newline="", encoding="utf8") as fh:
+        fh.write(existing + _csv_text([[metrics[k] for k in METRIC_COLUMNS]]))
+
+
+def keep_first_rows(path, rows, header=True):
+    """Cut a CSV (or, header=False, a text file of lines) back to its first `rows` data rows: what a resumed run
+    does to the rows written after the checkpoint it resumes from, so none is written twice."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf8") as fh:
+        lines = fh.readlines()
+    keep = rows + (1 if header else 0)
+    if len(lines) > keep:
+        with atomic_write(path, encoding="utf8") as fh:
+            fh.writelines(lines[:keep])
+
+
+def count_rows(path, header=True):
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf8") as fh:
+        return max(sum(1 for _ in fh) - (1 if header else 0), 0)
 
 
 def write_predictions_csv(path, paths, labels, probs, class_names):
-    """path,label,prediction,prob_<class>...: one row per image, labels and predictions by class name."""
-    tmp = path + ".partial"
-    with open(tmp, "w", newline="", encoding="utf8") as fh:
+    """path,label,prediction,prob_<class>...: one row per image, labels and predictions by class name (names as
+    file_names.printable writes them)."""
+    names = [printable(c) for c in class_names]
+    with atomic_write(path, newline="", encoding="utf8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "label", "prediction"] + [f"prob_{c}" for c in class_names])
+        writer.writerow(["path", "label", "prediction"] + [f"prob_{c}" for c in names])
         for p, label, row in zip(paths, labels, probs):
             # repr: exact floats, so metrics recomputed from this file equal the CSV's
-            writer.writerow([p, class_names[int(label)], class_names[int(np.argmax(row))]] +
+            writer.writerow([printable(p), names[int(label)], names[int(np.argmax(row))]] +
                             [repr(float(v)) for v in row])
-    os.replace(tmp, path)
 
 
 def read_predictions_csv(path):
@@ -106,6 +138,13 @@ def _pyplot():
     return plt
 
 
+def _save_figure(fig, path, dpi):
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=dpi, format=os.path.splitext(path)[1][1:])
+    _pyplot().close(fig)
+
+
 def save_confusion_matrix(path, labels, probs, class_names):
     """Row-normalised confusion matrix, as upstream's confusion_matrix_test.jpg."""
     from sklearn.metrics import confusion_matrix
@@ -117,13 +156,12 @@ def save_confusion_matrix(path, labels, probs, class_names):
     for i in range(len(class_names)):
         for j in range(len(class_names)):
             ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
+    names = [printable(c) for c in class_names]
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("Actual")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save_figure(fig, path, 150)
 
 
 def save_roc_curves(path, labels, probs, class_names):
@@ -134,15 +172,13 @@ def save_roc_curves(path, labels, probs, class_names):
         positives = np.asarray(labels) == i
         if positives.any() and (~positives).any():
             fpr, tpr, _ = roc_curve(positives, np.asarray(probs)[:, i])
-            ax.plot(fpr, tpr, label=name)
+            ax.plot(fpr, tpr, label=printable(name))
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set_xlabel("False positive rate")
     ax.set_ylabel("True positive rate")
     ax.set_title("ROC, one vs rest")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    _save_figure(fig, path, 150)
 
 
 def save_training_curves(path, log_rows):
@@ -158,6 +194,4 @@ def save_training_curves(path, log_rows):
     right.plot(epochs, [r.get("val_accuracy") for r in log_rows], label="val accuracy")
     right.set_xlabel("epoch")
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path, 120)

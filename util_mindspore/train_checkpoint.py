@@ -14,6 +14,7 @@ import numpy as np
 
 from util_mindspore.ckpt_format import read_ckpt_entries, save_arrays_ckpt
 from util_mindspore.errors import WeightError
+from util_mindspore.file_names import printable
 
 CHECKPOINT_FORMAT = "retfound-mindspore-train-1"
 # What a training checkpoint holds beside the model: never model weights.
@@ -37,20 +38,29 @@ def _jsonable_args(args):
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args):
-    """Model + optimizer + loss scale + epoch + best score + class names + args, atomically."""
+def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args, outputs=None):
+    """Model + optimizer + loss scale + epoch + best score + class names + args, atomically. `outputs`: how many
+    rows each output file had when it was saved (a resumed run cuts them back to that)."""
     arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
     if train_step is not None:
         arrays.update({p.name: p.asnumpy() for p in train_step.state_parameters()})
-    meta = {"format": CHECKPOINT_FORMAT, "class_names": list(class_names), "args": _jsonable_args(args),
-            "model": args.model}
+    meta = {"format": CHECKPOINT_FORMAT, "class_names": [printable(c) for c in class_names],
+            "args": _jsonable_args(args), "model": args.model, "outputs": dict(outputs or {})}
     save_arrays_ckpt(arrays, path, append_dict={"epoch": int(epoch), "best_score": float(best_score),
                                                 "meta": json.dumps(meta)})
 
 
+def _written_by_earlier_version(entries, last_name):
+    """Training checkpoints of versions before the end marker are whole when their metadata, written last, is
+    there."""
+    return last_name == "meta" and isinstance(entries.get("meta"), str) and \
+        f'"format": "{CHECKPOINT_FORMAT}"' in entries["meta"]
+
+
 def read_checkpoint(path) -> TrainingCheckpoint:
-    """A training checkpoint or a converted published checkpoint (weights only) from one of our .ckpt files."""
-    loaded = read_ckpt_entries(path)
+    """A training checkpoint or a converted published checkpoint (weights only) from one of our .ckpt files;
+    refused in one line when incomplete or damaged (util_mindspore/ckpt_format.py)."""
+    loaded = read_ckpt_entries(path, complete_without_marker=_written_by_earlier_version)
     meta = json.loads(loaded.pop("meta")) if isinstance(loaded.get("meta"), str) else {}
     epoch = int(np.asarray(loaded.pop("epoch")).item()) if "epoch" in loaded else None
     best_score = float(np.asarray(loaded.pop("best_score")).item()) if "best_score" in loaded else None
@@ -61,12 +71,24 @@ def read_checkpoint(path) -> TrainingCheckpoint:
         epoch=epoch, best_score=best_score, meta=meta)
 
 
+def is_training_checkpoint(checkpoint):
+    return checkpoint.meta.get("format") == CHECKPOINT_FORMAT
+
+
 def restore_training_state(checkpoint, train_step, source):
     """Optimizer moments and step, loss scale, accumulators into `train_step`; returns how many were restored.
 
-    State this run does not have (accumulators of a run with another --accum_iter) is left out: they start at zero.
+    Every optimizer and loss-scale tensor this run has must be there, and the epoch: a run is never continued
+    with part of its state. Accumulators are not needed (they are empty at an epoch's end).
     """
     params = {p.name: p for p in train_step.state_parameters()}
+    needed = [name for name in params if not name.startswith("accum.")]
+    missing = [name for name in needed if name not in checkpoint.state]
+    if missing or checkpoint.epoch is None:
+        what = f"{len(missing)} of its {len(needed)} optimizer / loss-scale tensors ({', '.join(missing[:3])})" \
+            if missing else "its epoch"
+        raise WeightError(f"{source}: cannot continue this run: the checkpoint lacks {what}; to start from its "
+                          "weights only, give it as --finetune")
     restored = 0
     for name, array in checkpoint.state.items():
         if name not in params:

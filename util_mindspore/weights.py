@@ -12,7 +12,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
-from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.conversion import download_and_convert_weights, is_cache_entry
 from util_mindspore.errors import WeightError
 from util_mindspore.layers import trunc_normal_linear_
 from util_mindspore.pos_embed import interpolate_pos_embed
@@ -120,6 +120,14 @@ def load_pretrained_weights(model: ms.nn.Cell, name_or_path: str, cache_dir: Opt
     at timm's initialisation, trunc_normal(0.02) (upstream re-draws it only for --finetune): so do we, for them.
     """
     ckpt_path = download_and_convert_weights(name_or_path, cache_dir, token=token, revision=revision, force=force)
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
+    except WeightError as exc:
+        if not is_cache_entry(ckpt_path, name_or_path):
+            raise
+        logger.warning("%s; converting %s again", exc, name_or_path)  # a damaged cache entry is re-made
+        checkpoint = read_checkpoint(download_and_convert_weights(name_or_path, cache_dir, token=token,
+                                                                  revision=revision, force=True))
     from_timm = str(name_or_path).startswith(TIMM_HUB_ORG + "/")
-    return load_arrays_into_model(model, read_checkpoint(ckpt_path).weights, source=str(name_or_path),
+    return load_arrays_into_model(model, checkpoint.weights, source=str(name_or_path),
                                   antialias_pos_embed=from_timm, head_init_std=0.02 if from_timm else 2e-5)
