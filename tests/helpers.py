@@ -75,12 +75,15 @@ def mount_namespace_available():
     return probe.returncode == 0
 
 
-def run_with_mounts(mounts, argv, cwd, timeout=600):
+def run_with_mounts(mounts, argv, cwd, timeout=600, list_after=None):
     """Run `python <argv>` in a private mount namespace after `mounts` (shell commands: tmpfs of a given size for
-    a full disk, read-only bind mounts): the filesystems exist for that process only."""
+    a full disk, read-only bind mounts): the filesystems exist for that process only. `list_after`: a folder whose
+    files (recursively) are printed to stdout after the run, as `FILE <path>` lines, while its mounts still exist."""
     import shlex
     import subprocess
     import sys
     command = " && ".join(mounts + [shlex.join([sys.executable, *argv])])
+    if list_after:
+        command = f"{command}; code=$?; find {shlex.quote(str(list_after))} -type f -printf 'FILE %p\\n'; exit $code"
     return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout)

@@ -516,7 +516,7 @@ def test_a_failed_run_leaves_no_empty_task_folder(tmp_path, capsys):
     assert not (out / "t").exists()
 
 
-def test_file_and_class_names_that_are_not_utf8_train_and_are_written_escaped(tmp_path):
+def test_names_that_are_not_utf8_train_and_are_written_escaped_and_stale_temporaries_go(tmp_path):
     """Linux names are bytes: a class folder and image names that are not UTF-8 train like any other, and the
     CSVs and pictures show their undecodable bytes as backslash escapes (README)."""
     data = make_dataset(tmp_path / "data")
@@ -525,19 +525,13 @@ def test_file_and_class_names_that_are_not_utf8_train_and_are_written_escaped(tm
         os.rename(os.path.join(root, split, b"c"), os.path.join(root, split, b"cl\xe9"))  # latin-1, not UTF-8
         os.rename(os.path.join(root, split, b"a", b"0.png"), os.path.join(root, split, b"a", b"\xff\xfe.png"))
     out = tmp_path / "out"
+    (out / "t").mkdir(parents=True)  # and temporary files a crashed run left: the next run removes them
+    for name in ("checkpoint-last.partial.ckpt", "metrics_val.csv.4242.partial", "log.txt.4242.partial"):
+        (out / "t" / name).write_bytes(b"torn")
     assert main_finetune_mindspore.run(small_argv(data, str(out), epochs=1)) == 0
+    assert not [f for f in os.listdir(out / "t") if "partial" in f]
     for mode in ("val", "test"):
         text = open(out / "t" / f"predictions_{mode}.csv", encoding="utf-8").read()
         assert "\\xff\\xfe.png" in text and "prob_cl\\xe9" in text
     assert (out / "t" / "confusion_matrix_test.jpg").stat().st_size > 0
     assert read_checkpoint(str(out / "t" / "checkpoint-best.ckpt")).class_names == ["a", "b", "cl\\xe9"]
-
-
-def test_temporary_files_left_by_a_crash_are_removed_by_the_next_run(tmp_path):
-    data = make_dataset(tmp_path / "data")
-    task = tmp_path / "out" / "t"
-    task.mkdir(parents=True)
-    for name in ("checkpoint-last.partial.ckpt", "metrics_val.csv.4242.partial", "log.txt.4242.partial"):
-        (task / name).write_bytes(b"torn")
-    assert main_finetune_mindspore.run(small_argv(data, str(tmp_path / "out"), epochs=1)) == 0
-    assert not [f for f in os.listdir(task) if "partial" in f]

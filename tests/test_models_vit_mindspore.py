@@ -138,9 +138,9 @@ def assert_twin_logits(name, size, tolerance, what, seed=7, **size_kwargs):
         k: tuple(p.shape) for k, p in M.create_model(name, img_size=size, num_classes=5, **size_kwargs)
         .parameters_and_names()}
     del ref
+    ours = mindspore_twin(name, state_dict, img_size=size, num_classes=5, **size_kwargs)  # one model, both modes
     for mode in ("pynative", "graph"):
         set_mode(mode)
-        ours = mindspore_twin(name, state_dict, img_size=size, num_classes=5, **size_kwargs)
         diff = np.abs(ms_logits(ours, images) - expected).max()
         record(f"{what} {mode}", diff)
         assert diff <= tolerance, f"{mode}: max |diff| {diff:.2e}"
@@ -190,11 +190,11 @@ def assert_dinov3_matches_timm(name, tmp_path, img_size, depth=None, tolerance=1
     images = random_images(2, img_size, seed=9)
     expected = dinov3_reference.reference_logits(name, path, depth, img_size, head, images, str(tmp_path))
     size = {} if depth is None else {"depth": depth}
+    ours = M.create_model(name, pretrained=path, img_size=img_size, num_classes=5, **size)  # one model, both modes
+    ours.head.weight.set_data(ms.Tensor(head["weight"]))
+    ours.head.bias.set_data(ms.Tensor(head["bias"]))
     for mode in ("pynative", "graph"):
         set_mode(mode)
-        ours = M.create_model(name, pretrained=path, img_size=img_size, num_classes=5, **size)
-        ours.head.weight.set_data(ms.Tensor(head["weight"]))
-        ours.head.bias.set_data(ms.Tensor(head["bias"]))
         diff = np.abs(ms_logits(ours, images) - expected).max()
         record(f"{name} {img_size}px {'full depth' if depth is None else f'depth {depth}'} {mode}", diff)
         assert diff <= tolerance, f"{mode}: max |diff| {diff:.2e}"

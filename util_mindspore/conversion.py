@@ -54,8 +54,12 @@ def _read_torch_file(path):
         return torch_pickle.load(path)
     except torch_pickle.NotZipCheckpoint:
         with open(path, "rb") as fh:
-            if fh.read(1) != b"\x80":  # the legacy format is a pickle (protocol 2+): anything else is not torch's
-                raise WeightError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
+            head = fh.read(2)
+        if head == b"PK":  # a zip whose directory (at its end) is missing
+            raise WeightError(f"{path}: unreadable (truncated or corrupt?) checkpoint: its zip archive is incomplete") \
+                from None
+        if head[:1] != b"\x80":  # the legacy format is a pickle (protocol 2+): anything else is not torch's
+            raise WeightError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
         import torch  # only torch reads the legacy format; without it the ImportError reports "unreadable"
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)
