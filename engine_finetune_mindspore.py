@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from util_mindspore import distributed, interrupts
 from util_mindspore import metrics as metrics_lib
-from util_mindspore.atomic_files import atomic_write
+from util_mindspore.atomic_files import append_whole
 from util_mindspore.initializers import written_zeros_like
 from util_mindspore.lr_sched import learning_rate
 from util_mindspore.mixup import one_hot
@@ -256,10 +256,4 @@ def write_evaluation(out_dir, mode, results, paths, labels, probs, class_names):
 
 def append_log(args, row):
     """log.txt gains one JSON line, rewritten whole through a temporary file (never half a line)."""
-    path = os.path.join(args.output_dir, args.task, "log.txt")
-    existing = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            existing = fh.read()
-    with atomic_write(path, encoding="utf-8") as fh:
-        fh.write(existing + json.dumps(row) + "\n")
+    append_whole(os.path.join(args.output_dir, args.task, "log.txt"), json.dumps(row) + "\n")

@@ -280,6 +280,8 @@ def resume(args, model, train_step=None):
         return None
     restored = train_checkpoint.restore_training_state(checkpoint, train_step, args.resume)
     args.start_epoch = checkpoint.epoch + 1
+    if os.path.abspath(path) == os.path.abspath(os.path.join(args.output_dir, args.task, "checkpoint-last.ckpt")):
+        args.last_saved_epoch = checkpoint.epoch
     if distributed.is_main_process(args):
         resume_outputs(args, checkpoint)
     logger.info("With optim & sched: restored %d optimizer / loss-scale tensors; continuing at epoch %d",
@@ -304,6 +306,7 @@ def train(args, model, train_step, datasets, class_names, best_score):
         for epoch in range(args.start_epoch, args.epochs):
             best_score = train_epoch(args, model, train_step, (train_loader, val_loader), mixup_fn, tb_log,
                                      class_names, epoch, n_parameters, best_score)
+            args.last_saved_epoch = epoch  # rank 0 saved it (every rank says so if stopped)
             # a safe point on every rank: the epoch's checkpoint is saved
             interrupts.check(lambda signum: distributed.all_reduce_max(signum, args))
     finally:
@@ -329,6 +332,7 @@ def train_epoch(args, model, train_step, loaders, mixup_fn, tb_log, class_names,
                                          best_score, class_names, args, outputs)
     train_checkpoint.save_checkpoint(os.path.join(out_dir, "checkpoint-last.ckpt"), model, train_step, epoch,
                                      best_score, class_names, args, outputs)
+    args.last_saved_epoch = epoch
     with open(os.path.join(out_dir, "log.txt"), encoding="utf-8") as fh:
         save_training_curves(os.path.join(out_dir, "training_curves.png"), [json.loads(line) for line in fh])
     return best_score
@@ -392,11 +396,11 @@ def main(args) -> int:
 def stopped_message(args, signum):
     """One line: where the last complete checkpoint is and how to go on from it."""
     last = os.path.join(args.output_dir, args.task, "checkpoint-last.ckpt")
-    try:
-        epoch = train_checkpoint.read_checkpoint(last).epoch if os.path.exists(last) else None
-    except WeightError:
-        epoch = None
+    epoch = getattr(args, "last_saved_epoch", None)  # known in memory: reading a ViT-L checkpoint takes seconds
     name = interrupts.signal_name(signum)
+    if epoch is None and args.resume:
+        return f"stopped by {name} before this run saved a checkpoint: run the same command again (--resume " \
+               f"{args.resume})"
     if epoch is None:
         return f"stopped by {name} before any checkpoint was saved: run the command again to start over"
     return (f"stopped by {name}: the last complete checkpoint is {last} (epoch {epoch}); to continue, run the same "

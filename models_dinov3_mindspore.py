@@ -60,10 +60,9 @@ class RopeAttention(Attention):
     float32 as Meta's rope dtype; the softmax and matmuls as timm's attention (models_vit_mindspore.Attention)."""
 
     def __init__(self, dim, num_heads, qkv_bias=True, mask_k_bias=True, num_prefix_tokens=5):
-        super().__init__(dim, num_heads, qkv_bias)
         mask = np.ones(3 * dim, np.float32)
         mask[dim:2 * dim] = 0.0
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, bias_mask=mask if mask_k_bias else None)
+        super().__init__(dim, num_heads, qkv_bias, qkv_bias_mask=mask if mask_k_bias else None)
         self.num_prefix_tokens = num_prefix_tokens
 
     def _rope(self, x, sin, cos):

@@ -52,12 +52,12 @@ class Attention(PolicyCell):
     """timm's Attention (explicit softmax, as timm with fused_attn off): the scores' softmax in the accurate
     dtype, both batched matmuls in the matmul dtype."""
 
-    def __init__(self, dim, num_heads=8, qkv_bias=False):
+    def __init__(self, dim, num_heads=8, qkv_bias=False, qkv_bias_mask=None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, bias_mask=qkv_bias_mask)
         self.proj = Linear(dim, dim)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)
         self.matmul_av = ops.BatchMatMul()

@@ -39,3 +39,22 @@ def atomic_write(path, mode="w", **open_kwargs):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def append_whole(path, text, initial=""):
+    """Append `text` to a small file by rewriting it whole through atomic_write (an in-place append cut by a crash
+    leaves half a line); `initial` is the content of a file that does not exist yet (a header)."""
+    existing = initial
+    if os.path.exists(path):
+        with open(path, newline="", encoding="utf-8") as fh:
+            existing = fh.read()
+    with atomic_write(path, newline="", encoding="utf-8") as fh:
+        fh.write(existing + text)
+
+
+def writable_dir(path):
+    """Whether files can be created in the folder `path` (it exists, is writable, on a filesystem mounted rw)."""
+    try:
+        return os.path.isdir(path) and os.access(path, os.W_OK) and not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return False

@@ -14,6 +14,7 @@ import os
 
 import mindspore as ms
 
+from util_mindspore.atomic_files import writable_dir
 from util_mindspore.conversion import default_cache_dir
 from util_mindspore.errors import first_line
 
@@ -60,7 +61,7 @@ def enable_compile_cache(root, key):
     path = os.path.join(root, digest.hexdigest()[:20])
     try:
         os.makedirs(path, exist_ok=True)
-        if not os.access(path, os.W_OK) or os.statvfs(path).f_flag & os.ST_RDONLY:
+        if not writable_dir(path):
             raise PermissionError(f"{path} is read-only")
     except OSError as exc:  # a read-only cache costs compile time, never the run
         logging.getLogger("retfound").warning("compile cache is off: %s cannot be written (%s)", root,

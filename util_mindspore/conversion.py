@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from util_mindspore import hub, torch_pickle
-from util_mindspore.atomic_files import atomic_write
+from util_mindspore.atomic_files import atomic_write, writable_dir
 from util_mindspore.ckpt_format import CKPT_WRITE_AHEAD, FileExtent, save_arrays_ckpt
 from util_mindspore.errors import WeightError, first_line
 from util_mindspore.source_layouts import checkpoint_filter_fn
@@ -211,17 +211,6 @@ def is_cache_entry(ckpt_path, name_or_path):
     return os.path.abspath(ckpt_path) != os.path.abspath(str(name_or_path))
 
 
-def _writable(folder):
-    return os.path.isdir(folder) and os.access(folder, os.W_OK) and not _read_only_fs(folder)
-
-
-def _read_only_fs(folder):
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return True
-
-
 @contextlib.contextmanager
 def _cache_lock(cache_dir, lock_path, ckpt_path):
     """The cache entry's file lock, so ranks starting together convert once. A cache that cannot be written (a
@@ -260,7 +249,7 @@ def download_and_convert_weights(name_or_path: str, cache_dir: Optional[str] = N
     with _cache_lock(cache_dir, lock_path, ckpt_path):
         if not force and _is_cache_hit(source, ckpt_path, meta_path, token, revision):
             return ckpt_path
-        if not _writable(cache_dir):
+        if not writable_dir(cache_dir):
             raise WeightError(f"{cache_dir}: the weights cache is not writable ({name_or_path} must be converted "
                               "into it): give --weights_cache_dir a writable folder or set RETFOUND_MS_CACHE")
         if source.kind == "local":

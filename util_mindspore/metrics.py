@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from util_mindspore.atomic_files import atomic_write
+from util_mindspore.atomic_files import append_whole, atomic_write
 from util_mindspore.file_names import printable
 
 METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", "recall",
@@ -78,12 +78,7 @@ def _csv_text(rows):
 def append_metrics_csv(path, metrics):
     """Upstream appends a row in place; a crash mid-append would leave half a row, so the file is rewritten
     whole (it holds one row per epoch) through a temporary file."""
-    existing = _csv_text([METRIC_COLUMNS])
-    if os.path.exists(path):
-        with open(path, newline="", encoding="utf8") as fh:
-            existing = fh.read()
-    with atomic_write(path, newline="", encoding="utf8") as fh:
-        fh.write(existing + _csv_text([[metrics[k] for k in METRIC_COLUMNS]]))
+    append_whole(path, _csv_text([[metrics[k] for k in METRIC_COLUMNS]]), initial=_csv_text([METRIC_COLUMNS]))
 
 
 def keep_first_rows(path, rows, header=True):
