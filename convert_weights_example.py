@@ -6,43 +6,51 @@
 
 The converted .ckpt is cached (see --cache_dir); later runs and training reuse it without downloading.
 """
-import argparse
+if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (util_mindspore/cli.py)
+    from util_mindspore import cli as _cli
+
+    _cli.prepare_process(signals=False)
+
 import sys
+from typing import List, Optional
 
 import mindspore as ms
 import numpy as np
 
 import models_vit_mindspore
+from util_mindspore.cli import run_main
 from util_mindspore.conversion import download_and_convert_weights
-from util_mindspore.hub import PUBLISHED
-from util_mindspore.logs import setup_logging
+from util_mindspore.model_registry import published_weights, resolve_model_name
+from util_mindspore.run_options import model_choices, new_parser
 from util_mindspore.weights import load_pretrained_weights
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("RETFound weight conversion for MindSpore")
-    parser.add_argument("--finetune", required=True,
+    parser = new_parser(__doc__.split("\n\n")[0])
+    source = parser.add_argument_group("weights")
+    source.add_argument("--finetune", required=True,
                         help="published name (e.g. RETFound_mae_meh), org/repo[/file] on the hub, or a local file")
-    parser.add_argument("--cache_dir", default=None,
-                        help="where converted .ckpt files live "
-                             "(default $RETFOUND_MS_CACHE or ~/.cache/retfound_mindspore)")
-    parser.add_argument("--model", default=None,
-                        help="model to load into (default: RETFound_dinov2 for DINOv2 names, else RETFound_mae)")
-    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
-    parser.add_argument("--nb_classes", default=5, type=int)
-    parser.add_argument("--input_size", default=224, type=int)
-    parser.add_argument("--global_pool", action="store_true", default=True)
-    parser.add_argument("--cls_token", action="store_false", dest="global_pool")
-    parser.add_argument("--token", default=None,
+    source.add_argument("--cache_dir", default=None,
+                        help="where converted .ckpt files live (default $RETFOUND_MS_CACHE or "
+                             "~/.cache/retfound_mindspore)")
+    source.add_argument("--token", default=None,
                         help="HuggingFace token (default: HF_TOKEN or `huggingface-cli login`)")
-    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    parser.add_argument("--force", action="store_true", help="convert again even when the cache is valid")
+    source.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    source.add_argument("--force", action="store_true", help="convert again even when the cache is valid")
+    model = parser.add_argument_group("model to load them into")
+    model.add_argument("--model", default=None, metavar="MODEL",
+                       help=f"default: the published name's model, else RETFound_mae; {model_choices()}")
+    model.add_argument("--model_arch", default=None, help="the size of --model Dinov2 / Dinov3")
+    model.add_argument("--nb_classes", default=5, type=int, help="classes of the new head")
+    model.add_argument("--input_size", default=224, type=int, help="image size in pixels")
+    model.add_argument("--global_pool", action="store_true", default=None, help="classify the mean of patch tokens")
+    model.add_argument("--cls_token", action="store_false", dest="global_pool", help="classify the class token")
     return parser
 
 
 def main(args) -> int:
-    model_name = models_vit_mindspore.resolve_model_name(args.model, args.model_arch) if args.model else None
-    model_name = model_name or ("RETFound_dinov2" if PUBLISHED.get(args.finetune) == "dinov2" else "RETFound_mae")
+    model_name = resolve_model_name(args.model, args.model_arch) if args.model else None
+    model_name = model_name or published_weights().get(args.finetune, "RETFound_mae")
     model = models_vit_mindspore.create_model(model_name, img_size=args.input_size, num_classes=args.nb_classes,
                                               global_pool=args.global_pool)
     path = download_and_convert_weights(args.finetune, args.cache_dir, token=args.token, revision=args.revision,
@@ -59,12 +67,10 @@ def main(args) -> int:
     return 0
 
 
+def run(argv: Optional[List[str]] = None) -> int:
+    """Entry point: convert, load and run once; one line and exit 1 for bad input, a full or read-only disk."""
+    return run_main(main, get_args_parser().parse_args(argv))
+
+
 if __name__ == "__main__":
-    cli_args = get_args_parser().parse_args()
-    setup_logging()
-    try:
-        sys.exit(main(cli_args))
-    except (ValueError, KeyError) as exc:  # WeightError is a ValueError; KeyError: unknown --model
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(run())

@@ -8,6 +8,11 @@ Builds the model with random weights at your --amp_level / --amp_dtype, compares
 CPU forward of the same weights (run in a child process), takes two train steps, saves and reloads a training
 checkpoint, and times inference and training. Prints one PASS / FAIL line per check; exits 1 on any FAIL.
 """
+if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (util_mindspore/cli.py)
+    from util_mindspore import cli as _cli
+
+    _cli.prepare_process(signals=False)
+
 import argparse
 import os
 import subprocess
@@ -20,15 +25,18 @@ import mindspore as ms
 import numpy as np
 
 import models_vit_mindspore
-from engine_finetune_mindspore import TrainStep
 from util_mindspore import device
 from util_mindspore.ckpt_format import save_arrays_ckpt
 from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
+from util_mindspore.errors import UserError, first_line
 from util_mindspore.lr_decay import param_groups_lrd
 from util_mindspore.mixup import one_hot
+from util_mindspore.model_registry import resolve_model_name
 from util_mindspore.optim import AdamW
+from util_mindspore.run_options import add_compute_options, model_choices, new_parser
 from util_mindspore.seeding import seed_everything
 from util_mindspore.train_checkpoint import read_checkpoint, save_checkpoint
+from util_mindspore.train_step import ClassifierLoss, TrainStep
 
 # |logits - float32 logits| <= this * max |float32 logits|: 8 units in the last place of the reduced type
 # (float16 keeps 10 mantissa bits, bfloat16 7). Rounding differences of one unit at each matmul and
@@ -38,19 +46,21 @@ NUM_CLASSES = 5
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("RETFound MindSpore device self-check")
-    parser.add_argument("--device", default=None, help="CPU, GPU (cuda, cuda:N) or Ascend (npu, npu:N)")
-    parser.add_argument("--amp_level", default="auto", choices=["O0", "O1", "O2", "O3", "auto"])
-    parser.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"])
-    parser.add_argument("--jit_level", default=None, choices=["O0", "O1", "O2"])
-    parser.add_argument("--mode", default="graph", choices=["graph", "pynative"])
-    parser.add_argument("--model", default="RETFound_mae", help="a registered model (vit_tiny_patch16 is quick)")
-    parser.add_argument("--model_arch", default=None, help="the size of --model Dinov2 (dinov2_vitb14...)")
-    parser.add_argument("--input_size", default=224, type=int)
-    parser.add_argument("--batch_size", default=4, type=int)
-    parser.add_argument("--steps", default=5, type=int, help="timed steps for inference and for training")
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)  # the float32 CPU child process
+    parser = new_parser(__doc__.split("\n\n")[0])
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="RETFound_mae", metavar="MODEL",
+                       help=f"vit_tiny_patch16 is quick; {model_choices()}")
+    model.add_argument("--model_arch", default=None, help="the size of --model Dinov2 / Dinov3")
+    model.add_argument("--input_size", default=224, type=int, help="image size in pixels")
+    run = parser.add_argument_group("checks")
+    run.add_argument("--batch_size", default=4, type=int, help="images per step")
+    run.add_argument("--steps", default=5, type=int, help="timed steps for inference and for training")
+    run.add_argument("--seed", default=0, type=int, help="seed of the random weights and images")
+    run.add_argument("--runtimes", default="auto",
+                     help="CPU runtimes to time beside MindSpore: auto (every one installed: onnxruntime, OpenVINO), "
+                          "none, or a comma-separated list")
+    run.add_argument("--reference", default=None, help=argparse.SUPPRESS)  # the float32 CPU child process
+    add_compute_options(parser)
     return parser
 
 
@@ -131,7 +141,8 @@ def check(args, report, folder):
 
     scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
     scaling = needs_loss_scaling(args.amp_level, args.amp_dtype)
-    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=1.0, loss_scaling=scaling)
+    step = TrainStep(ClassifierLoss(model), AdamW(model.trainable_params(), scales, decays), clip_grad=1.0,
+                     loss_scaling=scaling)
     step.set_train(True)
     before = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
     targets = ms.Tensor(one_hot(np.arange(args.batch_size) % NUM_CLASSES, NUM_CLASSES))
@@ -171,6 +182,57 @@ def check(args, report, folder):
     step.set_train(True)
     train = _timed(lambda: step(batch, targets, lr, True)[0].asnumpy(), args.steps)
     report.add("train speed", None, f"{args.batch_size / train:.2f} img/s ({train * 1000:.0f} ms per step)")
+    model.set_train(False)
+    time_cpu_runtimes(args, report, model, folder, images)
+
+
+def installed_runtimes(wanted):
+    """The CPU runtimes to time: those of `wanted` (auto: every one) that are installed."""
+    names = ["onnxruntime", "openvino"] if wanted == "auto" else [] if wanted == "none" else \
+        [n.strip() for n in wanted.split(",") if n.strip()]
+    present = []
+    for name in names:
+        try:
+            __import__(name)
+            present.append(name)
+        except ImportError:
+            if wanted != "auto":
+                present.append(name)  # asked for by name: its absence is a FAIL below
+    return present
+
+
+def _runner(name, path, precision, images):
+    """A function running one batch in `name` (onnxruntime or openvino) on the exported file."""
+    if name == "onnxruntime":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return lambda: session.run(None, {input_name: images})
+    from util_mindspore.inference_runtimes import openvino_model
+    compiled = openvino_model(path, precision)
+    return lambda: compiled(images)
+
+
+def time_cpu_runtimes(args, report, model, folder, images):
+    """Inference speed of the exported model in each CPU runtime installed (OpenVINO in float32, and bfloat16 where
+    the CPU has it), each export verified first (util_mindspore/export.py)."""
+    from util_mindspore import export
+    from util_mindspore.inference_runtimes import openvino_bfloat16_available
+    for name in installed_runtimes(args.runtimes):
+        fmt = "onnx" if name == "onnxruntime" else name
+        try:
+            export.check_format_available(fmt)
+            check = export.export_verified(model, model, fmt, folder, f"selfcheck_{fmt}", args.input_size)
+        except (UserError, ImportError) as exc:
+            report.add(f"{name} speed", False, f"not checked: {first_line(exc)}")
+            continue
+        path = os.path.join(folder, check.files[0])
+        precisions = ["float32"] + (["bfloat16"] if name == "openvino" and openvino_bfloat16_available() else [])
+        for precision in precisions:
+            seconds = _timed(_runner(name, path, precision, images), args.steps)
+            report.add(f"{name} {precision} speed", None, f"{args.batch_size / seconds:.2f} img/s "
+                                                          f"({seconds * 1000:.0f} ms per batch; export verified to "
+                                                          f"{check.max_abs_diff:.1e})")
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -181,12 +243,11 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="retfound_selfcheck_") as folder:
             device.keep_mindspore_files_in(os.path.join(folder, "mindspore"))
-            args.model = models_vit_mindspore.resolve_model_name(args.model, args.model_arch)
-            device.configure(args)
+            args.model = resolve_model_name(args.model, args.model_arch)
+            args.device, args.amp_level = device.configure(args)
             check(args, report, folder)
-    except (ValueError, KeyError, RuntimeError) as exc:  # DeviceError, WeightError; a failed reference process
-        lines = [line for line in str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).splitlines()
-                 if line.strip(" -")]  # MindSpore's errors open with rules of dashes
+    except (UserError, RuntimeError) as exc:  # DeviceError, WeightError; a failed reference process
+        lines = [line for line in str(exc).splitlines() if line.strip(" -")]  # MindSpore's errors open with dashes
         report.add("error", False, lines[0] if lines else type(exc).__name__)
     print(f"self-check: {'FAILED' if report.failed else 'all checks passed'}")
     return 1 if report.failed else 0

@@ -114,6 +114,13 @@ def meta_dinov2(path, name, depth=None, seed=16):
 def meta_dinov3(path, name, depth=None, seed=17):
     """Meta's `dinov3_<arch>_pretrain.pth` (facebookresearch/dinov3): a raw state dict with the model's own keys,
     the `bias_mask` buffers (key part 0) and the RoPE `periods`; random values, a non-zero key bias (masked)."""
+    sd = meta_dinov3_state(name, depth, seed)
+    torch.save(sd, path)
+    return sd
+
+
+def meta_dinov3_state(name, depth=None, seed=17):
+    """The state dict of meta_dinov3, not written."""
     from mindspore.nn.utils import no_init_parameters
 
     import models_vit_mindspore as M
@@ -139,5 +146,51 @@ def meta_dinov3(path, name, depth=None, seed=17):
             mask = torch.ones(shape)
             mask[shape[0] // 3:2 * shape[0] // 3] = 0
             sd[key.replace(".bias", ".bias_mask")] = mask
-    torch.save(sd, path)
     return sd
+
+
+def upstream_args(**values):
+    """The argparse.Namespace upstream's checkpoints carry (its main_finetune.py's, with the values given)."""
+    defaults = dict(model="RETFound_mae", model_arch="dinov3_vits16", input_size=256, nb_classes=8, global_pool=True,
+                    drop_path=0.2, batch_size=128, epochs=50, seed=0, task="", adaptation="finetune")
+    return argparse.Namespace(**{**defaults, **values})
+
+
+def upstream_best(path, name, num_classes=3, img_size=224, seed=14, global_pool=True, depth=None, **args):
+    """upstream's current checkpoint-best.pth (util/misc.save_model, mode 'best'): {'model', 'epoch', 'args'}, the
+    model upstream's main_finetune.py builds for `name` (RETFound_mae, RETFound_dinov2, a Dinov2 size); the head
+    scaled so that probabilities are not all 1/C. Returns the torch model."""
+    model = randomize_(create_reference(name, img_size=img_size, num_classes=num_classes, global_pool=global_pool,
+                                        depth=depth), seed)
+    with torch.no_grad():
+        model.head.weight.mul_(5.0 / model.head.weight.shape[1] ** 0.5 / 0.05 / 3)
+    torch.save({"model": model.state_dict(), "epoch": 9,
+                "args": upstream_args(nb_classes=num_classes, input_size=img_size, global_pool=global_pool, **args)},
+               path)
+    return model.eval()
+
+
+def upstream_best_dinov3(path, name, num_classes=3, img_size=64, depth=None, seed=17):
+    """upstream's checkpoint-best.pth of --model Dinov3 --model_arch <name>: Meta's keys (bias_mask, mask_token,
+    periods) and the head upstream adds. Returns the state dict (numpy) for the reference."""
+    sd = meta_dinov3_state(name, depth, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    dim = sd["cls_token"].shape[-1]
+    sd["head.weight"] = torch.randn(num_classes, dim, generator=g) * 2.0 / dim ** 0.5
+    sd["head.bias"] = torch.randn(num_classes, generator=g) * 0.1
+    torch.save({"model": sd, "epoch": 4, "args": upstream_args(model="Dinov3", model_arch=name, input_size=img_size,
+                                                               nb_classes=num_classes)}, path)
+    return {k: v.numpy() for k, v in sd.items()}
+
+
+def mae_published(path, name="mae_vit_tiny_patch16_depth2", seed=18, norm_pix_loss=True, img_size=224, **overrides):
+    """A published RETFound MAE checkpoint of an MAE (upstream's models_mae.py state dict: encoder and decoder, the
+    fixed sin-cos tables), with optimizer, epoch, scaler and args as upstream's main_pretrain.py saves them. Returns
+    the reference model."""
+    from tests.torch_reference import create_mae_reference
+    model = randomize_(create_mae_reference(name, img_size=img_size, norm_pix_loss=norm_pix_loss, **overrides), seed)
+    torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
+                "scaler": {"scale": 65536.0},
+                "args": argparse.Namespace(model=name, input_size=img_size, mask_ratio=0.75,
+                                           norm_pix_loss=norm_pix_loss, batch_size=64, blr=1.5e-4)}, path)
+    return model.eval()

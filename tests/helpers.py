@@ -31,10 +31,37 @@ def make_dataset(root, classes=("a", "b", "c"), per_split=None, size=40):
     return str(root)
 
 
+TINY = "vit_tiny_patch16_depth2"  # the registered 2-block ViT-Tiny: plumbing tests compile in seconds
+
+
 def small_argv(data, out, epochs=3, extra=()):
-    return ["--model", "vit_tiny_patch16", "--data_path", data, "--nb_classes", "3", "--input_size", "32",
+    """main_finetune_mindspore.py's command line for a quick run of the 2-block ViT-Tiny at 32 px."""
+    return ["--model", TINY, "--data_path", data, "--nb_classes", "3", "--input_size", "32",
             "--batch_size", "4", "--epochs", str(epochs), "--warmup_epochs", "1", "--blr", "0.02", "--drop_path", "0",
             "--output_dir", out, "--task", "t", "--num_workers", "2", "--log_dir", os.path.join(out, "tb"), *extra]
+
+
+def one_line_error(capsys_or_text):
+    """The single `error: ...` line a script printed (asserting there is exactly one and no traceback)."""
+    text = capsys_or_text if isinstance(capsys_or_text, str) else capsys_or_text.readouterr().err
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in text, text[-3000:]
+    return lines[0]
+
+
+def script(name, *argv, cwd=None, env=None, timeout=900):
+    """Run one of the project's scripts as a user does, in a fresh process (signals and MindSpore's log set up as
+    in its __main__ block); graph compilations are shared through one cache for the test session."""
+    import subprocess
+    import sys
+
+    from tests.conftest import SUBPROCESS_COMPILE_CACHE
+    environment = dict(os.environ if env is None else env)
+    environment.setdefault("RETFOUND_MS_COMPILE_CACHE", SUBPROCESS_COMPILE_CACHE)
+    if environment.get("RETFOUND_MS_COMPILE_CACHE") == "off":
+        environment["RETFOUND_MS_COMPILE_CACHE"] = SUBPROCESS_COMPILE_CACHE
+    return subprocess.run([sys.executable, os.path.join(ROOT, name), *argv], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=environment, timeout=timeout)
 
 
 def publish(hub, tmp_path, name, writer, **kwargs):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from util_mindspore import auto_augment as A
+from util_mindspore.errors import ArgumentError
 from util_mindspore.transforms import IMAGENET_MEAN
 
 timm_aa = pytest.importorskip("timm.data.auto_augment", reason="timm 0.9.2 is the reference for --aa")
@@ -119,6 +120,6 @@ def test_augmix_policies_equal_timms(policy):
     ("v1", "unknown policy"), ("rand-m9-q3", "unknown section 'q3'"), ("rand-m9.5", "'m9.5' needs an integer"),
     ("augmix-m3-x2", "unknown section 'x2'"), ("randx-m9", "starts with 'rand-'")])
 def test_bad_policies_name_the_flag(policy, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ArgumentError, match=message) as info:
         A.build_auto_augment(policy, SIZE, IMAGENET_MEAN)
     assert f"--aa '{policy}'" in str(info.value)

@@ -63,8 +63,9 @@ def test_a_pickle_payload_never_runs(tmp_path, layout):
     path = str(tmp_path / "evil.pth")
     torch.save({"model": {"cls_token": torch.zeros(1)}, "args": _Payload(marker)}, path,
                _use_new_zipfile_serialization=(layout == "zip"))
-    with pytest.raises(WeightError, match="unsafe checkpoint"):
+    with pytest.raises(WeightError, match="refusing to") as err:
         download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
     assert not list((tmp_path / "cache").glob("*.ckpt"))
 
@@ -75,7 +76,7 @@ def test_legacy_format_is_read_through_torch(tmp_path):
     torch.save({"model": sd}, path, _use_new_zipfile_serialization=False)
     arrays = read_checkpoint(download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))).weights
     np.testing.assert_array_equal(arrays["blocks.3.mlp.fc1.weight"], sd["blocks.3.mlp.fc1.weight"].numpy())
-    assert not any(k.startswith("decoder") for k in arrays)
+    assert any(k.startswith("decoder") for k in arrays)  # kept: continued MAE pre-training needs the decoder
     meta = json.load(open(str(tmp_path / "cache" / "legacy.json")))
     assert meta["source_fingerprint"] == "sha256:" + __import__("hashlib").sha256(open(path, "rb").read()).hexdigest()
 
@@ -127,13 +128,14 @@ def test_converted_ckpt_is_the_one_ms_save_checkpoint_writes(tmp_path, monkeypat
     copied, copy_extent = [], ckpt_format._copy_extent
     monkeypatch.setattr(ckpt_format, "_copy_extent", lambda *a: copied.append(a[2]) or copy_extent(*a))
     ckpt = download_and_convert_weights(path, cache_dir=str(tmp_path / "cache"))
-    assert sorted(copied) == [4 * 8, 4 * 8, 4 * 8, 4 * 24, 4 * 12 * 8]  # the five contiguous float32 tensors
+    assert sorted(copied) == [4 * 8, 4 * 8, 4 * 8, 4 * 8, 4 * 24, 4 * 12 * 8]  # the contiguous float32 tensors
     expected = str(tmp_path / "expected.ckpt")
-    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.float().contiguous().numpy())} for k, v in sd.items()
-                        if not k.startswith("decoder")], expected)
+    ms.save_checkpoint([{"name": k, "data": ms.Tensor(v.float().contiguous().numpy())} for k, v in sd.items()],
+                       expected)
     theirs = open(expected, "rb").read()
     ours = open(ckpt, "rb").read()
-    assert ours[:len(theirs)] == theirs  # then our end marker (tests/test_ckpt_format.py)
+    assert ours[:len(theirs)] == theirs  # then the source's metadata and our end marker (tests/test_ckpt_format.py)
+    assert read_checkpoint(ckpt).meta["layout"] == "finetuned" or read_checkpoint(ckpt).meta["layout"] == "mae"
     assert ckpt_format.END_MARKER.encode() in ours[len(theirs):]
 
 

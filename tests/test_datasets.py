@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import make_dataset
 from util_mindspore.datasets import DataError, Loader, build_dataset, build_datasets, subsample_indices
@@ -165,8 +166,33 @@ def test_image_order_and_links_as_torchvision(tmp_path):
     os.symlink(tmp_path / "data" / "train" / "c", tmp_path / "data" / "train" / "d")  # a linked class folder
     expected = datasets.ImageFolder(os.path.join(data, "train")).samples
     ours = build_dataset("train", data_args(data, nb_classes=4))
-    assert [(p, int(t)) for p, t in ours.samples] == [(p, t) for p, t in expected]
+    # deliberate difference: a link to a folder outside its class folder is skipped (torchvision takes its images
+    # with this class's label); a link to an image file is followed as torchvision follows it
+    assert [(p, int(t)) for p, t in ours.samples] == [(p, t) for p, t in expected if "linked_folder" not in p]
+    assert any("linked_folder" in p for p, _ in expected) and any(p.endswith("linked.png") for p, _ in ours.samples)
     assert ours.classes == ["a", "b", "c", "d"]
     os.symlink(cls, cls / "sub" / "loop")  # a loop: torchvision would list a/sub/loop/sub/loop/... until ELOOP
     looped = build_dataset("train", data_args(data, nb_classes=4))
     assert looped.samples == ours.samples  # the folder the loop leads back to was walked already
+
+
+def test_a_link_that_leaves_its_class_folder_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    """train/red/loop -> .. would make every image of the other classes a 'red' training image; it is skipped."""
+    data = make_dataset(tmp_path / "data", per_split={"train": 2, "val": 1, "test": 1})
+    os.symlink("..", os.path.join(data, "train", "a", "loop"))
+    os.symlink(os.path.join(data, "val", "b"), os.path.join(data, "train", "a", "other_split"))
+    with caplog.at_level("WARNING", logger="retfound"):
+        dataset = build_dataset("train", data_args(data))
+    assert len(dataset) == 6 and [int(t) for _, t in dataset.samples] == [0, 0, 1, 1, 2, 2]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipping" in warned and "train/a/loop" in warned and "train/a/other_split" in warned
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    """torchvision's ImageFolder makes `.ipynb_checkpoints` a class; Jupyter leaves one in every folder it opens."""
+    data = make_dataset(tmp_path / "data", per_split={"train": 2, "val": 1, "test": 1})
+    for split in ("train", "val", "test"):
+        os.makedirs(os.path.join(data, split, ".ipynb_checkpoints"))
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(data, split, ".ipynb_checkpoints", "x.png"))
+    datasets = build_datasets(data_args(data), ["train", "val", "test"])
+    assert datasets["train"].classes == ["a", "b", "c"] and len(datasets["train"]) == 6

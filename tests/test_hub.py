@@ -7,9 +7,12 @@ from util_mindspore.conversion import download_and_convert_weights
 from util_mindspore.errors import WeightError
 from util_mindspore.hub import resolve_source
 
-torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
-pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
+
+def layouts():
+    """The published layouts (written with torch): only the tests that serve a checkpoint need torch."""
+    pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
+    from tests import checkpoint_layouts
+    return checkpoint_layouts
 
 
 def test_unknown_name_lists_the_published_ones():
@@ -20,7 +23,7 @@ def test_unknown_name_lists_the_published_ones():
 
 
 def test_gated_repo_without_token_says_how_to_log_in(hub, tmp_path):
-    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts().mae_pretrained)
     with pytest.raises(WeightError, match="gated.*huggingface-cli login.*HF_TOKEN"):
         download_and_convert_weights("RETFound_mae_meh")
     assert not list((tmp_path / "ms_cache").glob("*.ckpt"))
@@ -28,7 +31,7 @@ def test_gated_repo_without_token_says_how_to_log_in(hub, tmp_path):
 
 def test_offline_and_not_cached(hub, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
-    publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained)
+    publish(hub, tmp_path, "RETFound_mae_meh", layouts().mae_pretrained)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightError, match="not in the HuggingFace cache"):

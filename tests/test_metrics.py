@@ -83,3 +83,40 @@ def test_metrics_csv_writes_nan_as_upstream(tmp_path):
     header, row = open(path).read().splitlines()
     assert header.split(",") == metrics_lib.METRIC_COLUMNS
     assert row.split(",")[3] == "nan"
+
+
+def test_fast_metrics_equal_the_scikit_learn_calls_on_resamples_with_ties_and_absent_classes():
+    """The bootstrap's metrics (computed from the confusion matrix and rankings) equal compute_metrics' scikit-learn
+    calls, ties in the scores and classes absent from a resample included."""
+    from util_mindspore.metrics import compute_metrics, fast_metrics
+    rng = np.random.default_rng(1)
+    worst = 0.0
+    for trial in range(200):
+        n, c = int(rng.integers(2, 40)), int(rng.integers(2, 6))
+        labels = rng.integers(0, c, n)
+        probs = rng.dirichlet(np.ones(c), n)
+        if trial % 3 == 0:  # ties
+            probs = np.round(probs, 1) + 1e-9
+            probs /= probs.sum(1, keepdims=True)
+        expected, ours = compute_metrics(labels, probs, 0.0), fast_metrics(labels, probs)
+        for name, value in ours.items():
+            if not (np.isnan(value) and np.isnan(expected[name])):
+                worst = max(worst, abs(value - expected[name]))
+    assert worst <= 1e-12
+
+
+def test_bootstrap_intervals_are_reproducible_cover_the_value_and_are_written(tmp_path):
+    from util_mindspore.metrics import bootstrap_intervals, compute_metrics, read_intervals_csv, write_intervals_csv
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 120)
+    probs = np.eye(3)[labels] * 0.3 + rng.dirichlet(np.ones(3), 120) * 0.7  # better than chance, not perfect
+    first, again = bootstrap_intervals(labels, probs, 200, seed=0), bootstrap_intervals(labels, probs, 200, seed=0)
+    assert first == again and bootstrap_intervals(labels, probs, 200, seed=1) != first
+    results = compute_metrics(labels, probs, 0.5)
+    for name, (low, high, defined) in first.items():
+        assert low <= results[name] <= high and defined == 200, name
+    path = str(tmp_path / "metrics_test_ci.csv")
+    write_intervals_csv(path, results, first)
+    back = read_intervals_csv(path)
+    assert back["accuracy"] == (results["accuracy"], first["accuracy"][0], first["accuracy"][1])
+    assert open(path).readline().strip() == "metric,value,ci_low,ci_high,confidence,resamples,defined_in"

@@ -37,12 +37,6 @@ class UpstreamVisionTransformer(timm.models.vision_transformer.VisionTransformer
         return self.norm(x)[:, 0]
 
 
-_MAE_SIZES = {
-    "RETFound_mae": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-}
 
 
 # what upstream's timm.create_model builds for each of our DINOv2 names
@@ -57,7 +51,10 @@ def create_reference(name, img_size=224, num_classes=5, drop_path_rate=0.0, glob
         extra = {} if depth is None else {"depth": depth}
         return timm.create_model(TIMM_DINOV2[name], pretrained=False, img_size=img_size,
                                  num_classes=num_classes, drop_path_rate=drop_path_rate, **extra)
-    size = dict(_MAE_SIZES[name])
+    from util_mindspore.model_registry import get_config
+    config = get_config(name)
+    size = dict(patch_size=config.patch_size, embed_dim=config.embed_dim, depth=config.depth,
+                num_heads=config.num_heads)
     if depth is not None:
         size["depth"] = depth
     return UpstreamVisionTransformer(img_size=img_size, num_classes=num_classes, drop_path_rate=drop_path_rate,
@@ -152,3 +149,114 @@ def explicit_attention(model):
         if hasattr(module, "fused_attn"):
             module.fused_attn = False
     return model
+
+
+class UpstreamMAE(nn.Module):
+    """upstream RETFound_MAE's models_mae.MaskedAutoencoderViT (after facebookresearch/mae) on timm 0.9.2: timm's
+    Block without the qk_scale argument timm 0.9 no longer takes; fixed sin-cos tables from upstream's formula."""
+
+    def __init__(self, img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512,
+                 decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0, norm_pix_loss=False):
+        super().__init__()
+        from timm.models.vision_transformer import Block, PatchEmbed
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim)
+        n = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
+                                     for _ in range(depth)])
+        self.norm = norm(embed_dim)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, n + 1, decoder_embed_dim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
+                                                   norm_layer=norm) for _ in range(decoder_depth)])
+        self.decoder_norm = norm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * 3)
+        self.norm_pix_loss = norm_pix_loss
+        grid = int(n ** 0.5)
+        self.pos_embed.data.copy_(torch.from_numpy(upstream_sincos(embed_dim, grid)).float()[None])
+        self.decoder_pos_embed.data.copy_(torch.from_numpy(upstream_sincos(decoder_embed_dim, grid)).float()[None])
+
+    def patchify(self, imgs):
+        p = self.patch_embed.patch_size[0]
+        h = w = imgs.shape[2] // p
+        x = imgs.reshape(imgs.shape[0], 3, h, p, w, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(imgs.shape[0], h * w, p * p * 3)
+
+    def unpatchify(self, x):
+        p = self.patch_embed.patch_size[0]
+        h = w = int(x.shape[1] ** 0.5)
+        x = torch.einsum("nhwpqc->nchpwq", x.reshape(x.shape[0], h, w, p, p, 3))
+        return x.reshape(x.shape[0], 3, h * p, h * p)
+
+    def random_masking(self, x, mask_ratio, noise):
+        n, length, d = x.shape
+        keep = int(length * (1 - mask_ratio))
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        x_masked = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).repeat(1, 1, d))
+        mask = torch.ones([n, length])
+        mask[:, :keep] = 0
+        return x_masked, torch.gather(mask, 1, ids_restore), ids_restore
+
+    def forward(self, imgs, mask_ratio=0.75, noise=None):
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))
+        tokens = self.mask_token.repeat(x.shape[0], ids_restore.shape[1] + 1 - x.shape[1], 1)
+        x_ = torch.gather(torch.cat([x[:, 1:, :], tokens], dim=1), 1,
+                          ids_restore.unsqueeze(-1).repeat(1, 1, x.shape[2]))
+        x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        pred = self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.e-6) ** .5
+        loss = ((pred - target) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum(), pred, mask
+
+
+def upstream_sincos(embed_dim, grid):
+    """upstream util/pos_embed.get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True), with np.float64 for the
+    np.float numpy 1.24 removed."""
+    import numpy as np
+    gh = np.arange(grid, dtype=np.float32)
+    gw = np.arange(grid, dtype=np.float32)
+    g = np.stack(np.meshgrid(gw, gh), axis=0).reshape([2, 1, grid, grid])
+
+    def one_d(dim, pos):
+        omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.)
+        out = np.einsum("m,d->md", pos.reshape(-1), 1. / 10000 ** omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([one_d(embed_dim // 2, g[0]), one_d(embed_dim // 2, g[1])], axis=1)
+    return np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+
+
+def create_mae_reference(name, img_size=224, norm_pix_loss=False, **overrides):
+    """The upstream MAE for one of our registered MAE names (overrides: depth=2, decoder_depth=1, ...)."""
+    from util_mindspore.model_registry import get_config
+    config = get_config(name).replace(**overrides)
+    extra = config.extra
+    return UpstreamMAE(img_size, config.patch_size, config.embed_dim, config.depth, config.num_heads,
+                       extra["decoder_embed_dim"], extra["decoder_depth"], extra["decoder_num_heads"],
+                       config.mlp_ratio, norm_pix_loss)
+
+
+def upstream_add_weight_decay(model, weight_decay=0.05):
+    """timm 0.3.2's optim_factory.add_weight_decay as upstream main_pretrain.py calls it."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if len(param.shape) == 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]

@@ -1,6 +1,7 @@
 """Files that appear whole or not at all: written under a temporary name, fsynced, renamed, directory fsynced."""
 import contextlib
 import os
+import shutil
 
 
 def fsync_dir(path):
@@ -58,3 +59,49 @@ def writable_dir(path):
         return os.path.isdir(path) and os.access(path, os.W_OK) and not os.statvfs(path).f_flag & os.ST_RDONLY
     except OSError:
         return False
+
+
+def is_temporary(name):
+    """Whether a file name is one of our temporaries (atomic_write's `*.partial`, a .ckpt's `*.partial.ckpt`, an
+    export's `.<name>.<format>.<pid>.partial` staging folder)."""
+    return name.endswith((".partial", ".partial.ckpt"))
+
+
+def remove_stale_temporaries(folder, log=None):
+    """Temporaries a crashed or killed run left in `folder` (the caller holds the folder's run lock, so no live run
+    writes them): never read, removed. Returns their names."""
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if not is_temporary(name):
+            continue
+        path = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            removed.append(name)
+            if log is not None:
+                log(name)
+    return removed
+
+
+def missing_folders(folder):
+    """`folder` and its ancestors that do not exist yet, deepest first: what a run may create and should remove
+    again (remove_empty_folders) when it fails on its input."""
+    missing, path = [], os.path.abspath(folder)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove each of `folders` (and the folders inside it) that holds no file, deepest first: what a run that
+    failed on its input or was stopped at start-up leaves (its output folders, MindSpore's empty one inside)."""
+    for folder in ([folders] if isinstance(folders, str) else folders):
+        for dirpath, _, _ in sorted(os.walk(folder), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)  # only succeeds when empty

@@ -16,6 +16,8 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from util_mindspore.errors import ArgumentError
+
 LEVEL_DENOM = 10.0
 
 
@@ -288,7 +290,7 @@ def _sections(policy, allowed):
             continue  # timm skips a section without a number
         key, value = pieces[:2]
         if key not in allowed:
-            raise ValueError(f"--aa '{policy}': unknown section '{part}' (known: {', '.join(sorted(allowed))})")
+            raise ArgumentError(f"--aa '{policy}': unknown section '{part}' (known: {', '.join(sorted(allowed))})")
         out.append((key, value))
     return out
 
@@ -297,7 +299,7 @@ def _number(policy, key, value, kind):
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"--aa '{policy}': '{key}{value}' needs {'an integer' if kind is int else 'a number'}") \
+        raise ArgumentError(f"--aa '{policy}': '{key}{value}' needs {'an integer' if kind is int else 'a number'}") \
             from None
 
 
@@ -358,15 +360,15 @@ def build_auto_augment(policy, input_size, mean):
     hparams = hparams_for(input_size, mean)
     if policy.startswith("rand"):
         if policy.split("-")[0] != "rand":
-            raise ValueError(f"--aa '{policy}': a RandAugment policy starts with 'rand-'")
+            raise ArgumentError(f"--aa '{policy}': a RandAugment policy starts with 'rand-'")
         return _rand_augment(policy, hparams)
     if policy.startswith("augmix"):
         if policy.split("-")[0] != "augmix":
-            raise ValueError(f"--aa '{policy}': an AugMix policy starts with 'augmix-'")
+            raise ArgumentError(f"--aa '{policy}': an AugMix policy starts with 'augmix-'")
         return _augmix(policy, hparams)
     name = policy.split("-")[0]
     if name not in AUTO_AUGMENT_POLICIES:
-        raise ValueError(f"--aa '{policy}': unknown policy (use rand-..., augmix-..., "
+        raise ArgumentError(f"--aa '{policy}': unknown policy (use rand-..., augmix-..., "
                          f"{', '.join(AUTO_AUGMENT_POLICIES)}, or '' for none)")
     std = 0.0
     for key, value in _sections(policy, {"mstd"}):

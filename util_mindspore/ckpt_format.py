@@ -4,8 +4,8 @@ A .ckpt is a protobuf `Checkpoint` (mindspore/train/checkpoint.proto) written as
   Checkpoint.value(1) { tag(1): name, tensor(2) { dims(1): int64 each, tensor_type(2): "Float32", content(3) } }
 ms.save_checkpoint copies every tensor on its way to disk and ms.load_checkpoint parses it into Python bytes;
 these write and read the same bytes straight from and into numpy (tests check byte equality with
-ms.save_checkpoint and agreement with ms.load_checkpoint). Anything else (encrypted, CRC trailer, map tensors)
-is left to ms.load_checkpoint.
+ms.save_checkpoint and agreement with ms.load_checkpoint). Other .ckpt features (encryption, map tensors) are
+refused: ms.load_checkpoint is never given a file whose checksum was not checked (a changed byte can crash it).
 
 Every file we write ends with one more entry, END_MARKER (a string, so ms.load_checkpoint still reads the file):
 the number of messages before it, their size in bytes and the CRC-32 of those bytes. A file cut short anywhere,
@@ -191,13 +191,13 @@ def partial_name(path):
 
 
 class _NotPlainCkpt(Exception):
-    """The file uses a .ckpt feature the streamed reader leaves to ms.load_checkpoint."""
+    """The bytes are not a .ckpt of plain tensors (cut short, changed, or a feature this reader does not read)."""
 
 
 def _read_varint(buf, pos):
     result = shift = 0
     while True:
-        if pos >= len(buf):
+        if pos >= len(buf) or shift > 63:
             raise _NotPlainCkpt("truncated varint")
         byte = buf[pos]
         pos += 1
@@ -218,36 +218,44 @@ def _read_len_field(buf, pos, number, available=None):
     return pos, pos + length
 
 
-def _read_plain_ckpt(path):
-    """(name -> numpy array or str, message count, start of the last message) from a .ckpt of plain tensors.
+def _parse_message_head(head, available):
+    """(name, dims, type name, content start, content end, message end) of the message at head[0]: every length
+    checked against the `available` bytes, so nothing beyond the file is ever sized."""
+    try:
+        start, end = _read_len_field(head, 0, 1, available)  # Checkpoint.value
+        tag_start, tag_end = _read_len_field(head, start, 1)
+        name = head[tag_start:tag_end].decode()
+        t_start, t_end = _read_len_field(head, tag_end, 2, available)  # a map tensor is field 3
+        dims, p = [], t_start
+        while p < len(head) and head[p] == 0x08:  # dims, unpacked int64
+            d, p = _read_varint(head, p + 1)
+            dims.append(d)
+        type_start, type_end = _read_len_field(head, p, 2)
+        c_start, c_end = _read_len_field(head, type_end, 3, available)
+        type_name = head[type_start:type_end].decode()
+    except (IndexError, UnicodeDecodeError):
+        raise _NotPlainCkpt("unreadable message head") from None
+    if t_end != end or c_end != t_end:
+        raise _NotPlainCkpt("extra fields in a value")
+    return name, dims, type_name, c_start, c_end, end
 
-    Each message head is parsed from a small read; the tensor bytes are read straight into their array.
-    """
+
+def _read_plain_ckpt(path, stop=None):
+    """(name -> numpy array or str, message count, start of the last message) of the messages before byte `stop`
+    (default: the file's end). Each message head is parsed from a small read and checked against the bytes that
+    exist; the tensor bytes are read straight into their array, whose size must match its dims and type."""
     chunks, meta, messages, last_start = {}, {}, 0, 0
-    size = os.path.getsize(path)
+    size = os.path.getsize(path) if stop is None else stop
     if size == 0:
         raise _NotPlainCkpt("empty file")
     with open(path, "rb") as fh:
         pos = 0
         while pos < size:
             fh.seek(pos)
-            head = fh.read(4096)
-            try:
-                start, end = _read_len_field(head, 0, 1, size - pos)  # Checkpoint.value
-                tag_start, tag_end = _read_len_field(head, start, 1)
-                name = head[tag_start:tag_end].decode()
-                t_start, t_end = _read_len_field(head, tag_end, 2, size - pos)  # a map tensor is field 3
-                dims, p = [], t_start
-                while head[p] == 0x08:  # dims, unpacked int64
-                    d, p = _read_varint(head, p + 1)
-                    dims.append(d)
-                type_start, type_end = _read_len_field(head, p, 2)
-                c_start, c_end = _read_len_field(head, type_end, 3, size - pos)
-            except IndexError:
-                raise _NotPlainCkpt("message head too long") from None
-            if t_end != end or c_end != t_end:
-                raise _NotPlainCkpt("extra fields in a value")
-            meta[name] = (dims, head[type_start:type_end].decode())
+            name, dims, type_name, c_start, c_end, end = _parse_message_head(fh.read(4096), size - pos)
+            if name in meta and meta[name] != (dims, type_name):
+                raise _NotPlainCkpt(f"entry {name} written twice with different shapes")
+            meta[name] = (dims, type_name)
             content = np.empty(c_end - c_start, np.uint8)
             fh.seek(pos + c_start)
             if fh.readinto(content) != len(content):
@@ -260,56 +268,91 @@ def _read_plain_ckpt(path):
         parts = chunks[name]
         if type_name == "str":
             raw = b"".join(part.tobytes() for part in parts)
-            out[name] = str(np.frombuffer(raw, dtype=f"<U{max(len(raw) // 4, 1)}")[0])
+            try:
+                out[name] = str(np.frombuffer(raw, dtype=f"<U{max(len(raw) // 4, 1)}")[0]) if raw else ""
+            except ValueError:  # not a whole number of UTF-32 characters, or not characters at all
+                raise _NotPlainCkpt(f"entry {name}: not a string") from None
             continue
         if type_name not in _CKPT_DTYPES:
             raise _NotPlainCkpt(f"tensor type {type_name}")
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        out[name] = data.view(_CKPT_DTYPES[type_name]).reshape(dims)
+        dtype = _CKPT_DTYPES[type_name]
+        if data.size != int(np.prod(dims, dtype=np.int64)) * dtype.itemsize:
+            raise _NotPlainCkpt(f"entry {name}: {data.size} bytes for a {type_name} tensor of shape {dims}")
+        out[name] = data.view(dtype).reshape(dims)
     return out, messages, last_start
 
 
 _SEAL_HINT = "python -m util_mindspore.ckpt_format --seal"
+_MARKER_TAG = _len_field(1, len(END_MARKER)) + END_MARKER.encode()
+_TAIL = 8192  # the end marker message is well under this (a JSON of four numbers, stored as UTF-32)
 
 
-def _check_end_marker(path, entries, messages, last_start):
-    marker = entries.pop(END_MARKER, None)
-    if marker is None:
-        return False
-    try:
-        expected = json.loads(marker)
-        counts_fit = expected["messages"] == messages - 1 and expected["bytes"] == last_start
-    except (ValueError, KeyError, TypeError):
-        counts_fit = False
-    if not counts_fit:
-        raise WeightError(f"{path}: damaged checkpoint: its end marker does not match its contents")
+def _find_end_marker(path, size):
+    """(its JSON, where its message starts) when the file ends with our end marker, else None; raises WeightError
+    when the tail names a marker that cannot be read (damaged). Reads the tail only: nothing of the file's records
+    is parsed or sized before their CRC-32 is checked."""
     with open(path, "rb") as fh:
-        if _crc32_of(fh.fileno(), last_start) != expected["crc32"]:
-            raise WeightError(f"{path}: damaged checkpoint: checksum mismatch (changed or corrupted since it "
-                              "was written); use another copy")
-    return True
+        fh.seek(max(0, size - _TAIL))
+        tail = fh.read()
+    found = tail.rfind(_MARKER_TAG)
+    if found < 0:
+        return None
+    base = size - len(tail)
+    for start in range(max(0, found - 12), found):  # the message's key and length come just before its tag
+        try:
+            name, dims, type_name, c_start, c_end, end = _parse_message_head(tail[start:], len(tail) - start)
+        except _NotPlainCkpt:
+            continue
+        if name != END_MARKER or start + end != len(tail) or type_name != "str":
+            continue
+        raw = tail[start + c_start:start + c_end]
+        try:
+            text = str(np.frombuffer(raw, dtype=f"<U{max(len(raw) // 4, 1)}")[0]) if len(raw) % 4 == 0 else ""
+            marker = json.loads(text)
+            # the marker proves itself: exactly the text _end_marker writes for its own numbers
+            if dims == [0] and text == _end_marker(marker["messages"], marker["bytes"], marker["crc32"]) and \
+                    marker.get("version") == 1:
+                return marker, base + start
+        except (ValueError, TypeError, KeyError):
+            pass
+        break
+    raise WeightError(f"{path}: incomplete or damaged checkpoint: no readable end marker (cut short by a crash or an "
+                      "interrupted copy, or changed since it was written); use another copy")
 
 
 def read_ckpt_entries(path, complete_without_marker=None):
-    """name -> numpy array or str of a complete .ckpt (see the module docstring): our streamed reader, or
-    ms.load_checkpoint for files it does not handle. `complete_without_marker(entries, last_name) -> bool` says
-    whether a file without the end marker is nonetheless whole."""
+    """name -> numpy array or str of a complete, unchanged .ckpt (see the module docstring).
+
+    A file with our end marker is verified first (the CRC-32 of every byte before the marker, read in chunks),
+    and only then parsed: a damaged file is refused before any of its sizes is believed. A file without one is
+    parsed with every length checked against the file, and accepted only when `complete_without_marker(entries,
+    last_name)` says it is whole (a training checkpoint of an earlier version). MindSpore's own reader is never
+    given an unverified file.
+    """
     try:
-        entries, messages, last_start = _read_plain_ckpt(path)
-    except (_NotPlainCkpt, ValueError) as exc:  # ValueError: a name or type that is not UTF-8
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise WeightError(f"{path}: empty file, not a checkpoint") from None
-        if "truncated" in str(exc):
-            raise WeightError(f"{path}: incomplete checkpoint: no end marker, cut short inside an entry "
-                              "(a crash or an interrupted copy?)") from None
-        entries = _load_with_mindspore(path, exc)
-        if entries.pop(END_MARKER, None) is None:
-            raise WeightError(f"{path}: incomplete or foreign checkpoint: no end marker") from None
-        return entries
+        size = os.path.getsize(path)
+        if size == 0:
+            raise WeightError(f"{path}: empty file, not a checkpoint")
+        marker = _find_end_marker(path, size)
+        if marker is not None:
+            expected, marker_start = marker
+            if expected["bytes"] != marker_start:
+                raise WeightError(f"{path}: damaged checkpoint: its end marker does not match its contents")
+            with open(path, "rb") as fh:
+                if _crc32_of(fh.fileno(), marker_start) != expected["crc32"]:
+                    raise WeightError(f"{path}: damaged checkpoint: checksum mismatch (changed or corrupted since "
+                                      "it was written); use another copy")
+            entries, messages, _ = _read_plain_ckpt(path, stop=marker_start)
+            if messages != expected["messages"]:
+                raise WeightError(f"{path}: damaged checkpoint: its end marker does not match its contents")
+            return entries
+        entries, _, _ = _read_plain_ckpt(path)
+    except _NotPlainCkpt as exc:
+        raise WeightError(f"{path}: incomplete or damaged checkpoint ({exc}): no end marker; a crash or an "
+                          "interrupted copy?") from None
     except OSError as exc:
         raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
-    if _check_end_marker(path, entries, messages, last_start):
-        return entries
     last_name = list(entries)[-1] if entries else None
     if complete_without_marker is not None and complete_without_marker(entries, last_name):
         return entries
@@ -318,11 +361,15 @@ def read_ckpt_entries(path, complete_without_marker=None):
 
 
 def seal_ckpt(path):
-    """Append the end marker to a complete .ckpt written elsewhere (ms.save_checkpoint, an older version)."""
+    """Append the end marker to a complete .ckpt of plain tensors written elsewhere (ms.save_checkpoint, an older
+    version of this project)."""
     entries = read_ckpt_entries(path, complete_without_marker=lambda entries, last: True)
     if not entries:
         raise WeightError(f"{path}: holds no tensors")
-    _, messages, _ = _read_plain_ckpt(path)
+    try:
+        _, messages, _ = _read_plain_ckpt(path)
+    except _NotPlainCkpt as exc:
+        raise WeightError(f"{path}: cannot seal it: {exc}") from None
     tmp = partial_name(path)
     try:
         with open(path, "rb") as src, open(tmp, "w+b", buffering=0) as fh:
@@ -335,15 +382,6 @@ def seal_ckpt(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _load_with_mindspore(ckpt_path, why):
-    import mindspore as ms
-    try:
-        loaded = ms.load_checkpoint(ckpt_path)
-    except Exception:  # MindSpore's message (about filter_prefix, for one) does not help: say what our reader saw
-        raise WeightError(f"{ckpt_path}: not a readable MindSpore checkpoint ({first_line(why)})") from None
-    return {k: v if isinstance(v, str) else v.asnumpy() for k, v in loaded.items()}
 
 
 def main(argv=None):

@@ -8,11 +8,10 @@ uses the cache (a second in-process run would misnumber them), and never under m
 sharing one directory).
 """
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
-
-import mindspore as ms
 
 from util_mindspore.atomic_files import writable_dir
 from util_mindspore.conversion import default_cache_dir
@@ -45,18 +44,25 @@ def _project_sources():
     return scripts + [os.path.join(utils, f) for f in sorted(os.listdir(utils)) if f.endswith(".py")]
 
 
+def code_digest():
+    """sha256 of MindSpore's version and every source file of ours: what makes a compiled graph (or an exported
+    file) of this version."""
+    digest = hashlib.sha256(importlib.metadata.version("mindspore").encode())
+    for path in _project_sources():
+        with open(path, "rb") as fh:
+            digest.update(os.path.relpath(path, _ROOT).encode() + b"\0" + fh.read())
+    return digest.hexdigest()
+
+
 def enable_compile_cache(root, key):
     """Turn the cache on in root/<hash of our code, MindSpore and key>; returns that directory, or None when the
     cache is off (root None, or a run earlier in this process already used it)."""
     global _claimed
     if _claimed or not root:
-        ms.set_context(enable_compile_cache=False)
+        _switch(False)
         return None
     _claimed = True
-    digest = hashlib.sha256(ms.__version__.encode())
-    for path in _project_sources():
-        with open(path, "rb") as fh:
-            digest.update(os.path.relpath(path, _ROOT).encode() + b"\0" + fh.read())
+    digest = hashlib.sha256(code_digest().encode())
     digest.update(json.dumps(key, sort_keys=True, default=str).encode())
     path = os.path.join(root, digest.hexdigest()[:20])
     try:
@@ -66,7 +72,16 @@ def enable_compile_cache(root, key):
     except OSError as exc:  # a read-only cache costs compile time, never the run
         logging.getLogger("retfound").warning("compile cache is off: %s cannot be written (%s)", root,
                                               first_line(exc))
-        ms.set_context(enable_compile_cache=False)
+        _switch(False)
         return None
-    ms.set_context(enable_compile_cache=True, compile_cache_path=path)
+    _switch(True, path)
     return path
+
+
+def _switch(on, path=None):
+    """MindSpore's compile cache on (in `path`) or off: its MS_COMPILER_CACHE_ENABLE variable, read when a graph
+    is compiled (set_context's enable_compile_cache is deprecated in 2.10)."""
+    os.environ["MS_COMPILER_CACHE_ENABLE"] = "1" if on else "0"
+    if path:
+        import mindspore as ms
+        ms.set_context(compile_cache_path=path)

@@ -25,6 +25,8 @@ import dataclasses
 
 import mindspore as ms
 
+from util_mindspore.errors import ArgumentError
+
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 
@@ -46,9 +48,9 @@ class ComputePolicy:
 def policy_for(amp_level="O0", amp_dtype="float16", device="CPU"):
     """The policy of an --amp_level / --amp_dtype pair on a device ('CPU', 'GPU' or 'Ascend')."""
     if amp_level not in AMP_LEVELS:
-        raise ValueError(f"--amp_level must be one of {', '.join(AMP_LEVELS)} (got {amp_level})")
+        raise ArgumentError(f"--amp_level must be one of {', '.join(AMP_LEVELS)} (got {amp_level})")
     if amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"--amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {amp_dtype})")
+        raise ArgumentError(f"--amp_dtype must be one of {', '.join(AMP_DTYPES)} (got {amp_dtype})")
     low, full = AMP_DTYPES[amp_dtype], ms.float32
     dtypes = {"O0": (full, full, full, full), "O1": (low, full, full, full), "O2": (low, low, full, full),
               "O3": (low, low, low, low)}[amp_level]

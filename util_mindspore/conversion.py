@@ -19,11 +19,14 @@ from util_mindspore import hub, torch_pickle
 from util_mindspore.atomic_files import atomic_write, writable_dir
 from util_mindspore.ckpt_format import CKPT_WRITE_AHEAD, FileExtent, save_arrays_ckpt
 from util_mindspore.errors import WeightError, first_line
-from util_mindspore.source_layouts import checkpoint_filter_fn
+from util_mindspore.source_layouts import checkpoint_filter_fn, source_args
 
 logger = logging.getLogger("retfound.weights")
 
-CONVERTER_VERSION = 2  # 2: .ckpt files carry an end marker (entries of version 1 are converted again)
+# 2: .ckpt files carry an end marker; 3: the MAE decoder and mask tokens are kept (continued pre-training, DINOv3's
+# mask_token) and the source's training arguments are recorded. Entries of older versions are converted again.
+CONVERTER_VERSION = 3
+CONVERTED_FORMAT = "retfound-mindspore-converted-1"
 
 
 def default_cache_dir():
@@ -74,10 +77,19 @@ def read_checkpoint_file(path):
         return _read_torch_file(path)
     except WeightError:
         raise
+    except torch_pickle.UnsafePickleError as exc:
+        raise WeightError(first_line(exc)) from None
+    except torch_pickle.DamagedCheckpoint as exc:
+        raise WeightError(f"{path}: damaged checkpoint: {first_line(exc)}") from None
     except Exception as exc:  # corrupt, truncated, unsafe: one line, no traceback for the user
-        kind = "unsafe" if "refusing" in str(exc) or "weights_only" in str(exc).lower() or \
-            "Unsupported global" in str(exc) else "unreadable (truncated or corrupt?)"
-        raise WeightError(f"{path}: {kind} checkpoint: {first_line(exc)}") from None
+        text = str(exc)
+        if "weights_only" in text.lower() or "Unsupported global" in text:  # torch's refusal of a legacy pickle
+            needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = needed.group(1) if needed else "beyond tensors and dicts"
+            raise WeightError(f"{path}: refusing to load it: the checkpoint needs the Python object {what}, and "
+                              "unpickling it could run code; if you trust it, re-save its weights with "
+                              "torch.save(model.state_dict(), ...)") from None
+        raise WeightError(f"{path}: unreadable (truncated or corrupt?) checkpoint: {first_line(exc)}") from None
 
 
 def _sha256(path, chunk=16 << 20):
@@ -168,7 +180,10 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
     A conversion should take about as long as copying the file (benchmarks/bench_convert.py)."""
     started = time.time()
     with open(path, "rb") as source_file, ThreadPoolExecutor(1) as checker:
-        state_dict, layout = checkpoint_filter_fn(read_checkpoint_file(path))
+        source_object = read_checkpoint_file(path)
+        state_dict, layout = checkpoint_filter_fn(source_object)
+        ckpt_meta = {"format": CONVERTED_FORMAT, "layout": layout, "source_args": source_args(source_object)}
+        del source_object
         names, size = list(state_dict), os.fstat(source_file.fileno()).st_size
         try:
             ranges = {k: v.file_range() for k, v in state_dict.items() if isinstance(v, torch_pickle.LazyTensor)}
@@ -197,7 +212,7 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
             except (zipfile.BadZipFile, OSError) as exc:
                 raise _unreadable(path, exc) from None
 
-        save_arrays_ckpt(tensors(), ckpt_path)
+        save_arrays_ckpt(tensors(), ckpt_path, append_dict={"meta": json.dumps(ckpt_meta)})
     meta = dict(extra_meta, source_name=source.name, layout=layout,
                 converter_version=CONVERTER_VERSION, num_tensors=len(names),
                 keys_sample=sorted(names)[:3], converted_at=time.strftime("%Y-%m-%dT%H:%M:%S"))

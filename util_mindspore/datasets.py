@@ -13,6 +13,7 @@ producer thread keeps a bounded queue of ready batches filled while the training
 (a new seeded shuffle each epoch) and, for evaluation, gives each rank a disjoint slice so every image is seen
 exactly once (no padding). Threads live for one pass over the data: they end with it, on an error and on Ctrl-C.
 """
+import argparse
 import logging
 import os
 import queue
@@ -20,13 +21,15 @@ import random
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from util_mindspore.errors import first_line
+from util_mindspore.errors import DataError, first_line
+from util_mindspore.file_names import printable
 from util_mindspore.seeding import TorchCPUGenerator
-from util_mindspore.transforms import build_transform
+from util_mindspore.transforms import Transform, build_transform
 
 logger = logging.getLogger("retfound")
 
@@ -34,31 +37,45 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
-    """The data folder is not usable; the message says where and why."""
-
-
-def is_regular_file(path):
+def is_regular_file(path: str) -> bool:
+    """Whether `path` (after links) is a regular file: a FIFO or device named like an image is never opened."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
 
 
-def list_images(folder):
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_images(folder: str, hidden: bool = True) -> List[str]:
     """Image files under `folder` in torchvision ImageFolder's order: os.walk following symbolic links, sorted by
     folder then name. Only regular files (after links) are taken; a folder reached twice through links (a loop)
-    is walked once, where torchvision would go round it until the path grows too long."""
-    walked, seen = [], set()
+    is walked once, where torchvision would go round it until the path grows too long; a link to a folder outside
+    `folder` (`loop -> ..`, `x -> ../other_class`) is skipped with a warning naming it, where torchvision would give
+    the images it reaches this folder's label. `hidden=False` also skips hidden folders (`.ipynb_checkpoints`)."""
+    walked, seen, root = [], set(), os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         seen.add(os.path.realpath(dirpath))
-        dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen]
+        kept = []
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            if real in seen or (not hidden and d.startswith(".")):
+                continue
+            if os.path.islink(path) and not _inside(real, root):
+                logger.warning("skipping %s: a link to %s, outside %s", printable(path), printable(real),
+                               printable(folder))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         walked.append((dirpath, dirnames, filenames))
     return [os.path.join(dirpath, name) for dirpath, _, filenames in sorted(walked) for name in sorted(filenames)
             if name.lower().endswith(IMG_EXTENSIONS) and is_regular_file(os.path.join(dirpath, name))]
 
 
-def subsample_indices(targets, ratio, seed, stratified=False):
+def subsample_indices(targets: Sequence[int], ratio: float, seed: int, stratified: bool = False) -> np.ndarray:
     """Upstream's --dataratio subset of the training split (its util/datasets.py), index for index.
 
     Uniform: the first max(1, int(n * ratio)) of randperm(n) seeded `seed`. Stratified: per class, in class order,
@@ -80,7 +97,14 @@ def subsample_indices(targets, ratio, seed, stratified=False):
 
 
 class ImageFolder:
-    def __init__(self, root, transform=None):
+    """torchvision's ImageFolder, checked: `root/<class>/<images>`, classes sorted by name, hidden folders skipped.
+
+    Args:
+        root: the split's folder.
+        transform: (picture, per-image random generator) -> CHW float32 array.
+    """
+
+    def __init__(self, root: str, transform: Optional[Transform] = None):
         self.root, self.transform = root, transform
         if not os.path.isdir(root):
             raise DataError(f"{root}: split folder not found (expected <data_path>/{{train,val,test}}/<class>/*)")
@@ -96,15 +120,16 @@ class ImageFolder:
             self.samples.extend((path, index) for path in files)
         self.targets = np.array([t for _, t in self.samples], dtype=np.int32)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.samples)
 
-    def keep_only(self, indices):
+    def keep_only(self, indices: Sequence[int]) -> None:
         """This dataset reduced to `indices`, in that order (upstream's torch Subset)."""
         self.samples = [self.samples[int(i)] for i in indices]
         self.targets = self.targets[np.asarray(indices, dtype=np.int64)]
 
-    def load(self, index, rng):
+    def load(self, index: int, rng: random.Random) -> Tuple[np.ndarray, int]:
+        """The transformed image `index` and its class; a file that cannot be decoded is a one-line DataError."""
         path, target = self.samples[index]
         try:
             with Image.open(path) as img:
@@ -114,10 +139,10 @@ class ImageFolder:
             raise DataError(f"{path}: cannot be decoded ({first_line(exc)}); --check_images lists every such file "
                             "before training") from None
 
-    def find_unreadable(self, workers=4, decode=False):
+    def find_unreadable(self, workers: int = 4, decode: bool = False) -> List[str]:
         """Paths Pillow cannot open: from their headers (fast), or decode=True, from every pixel (finds truncated
         files too, and costs a full decode of the data set)."""
-        def bad(path):
+        def bad(path: str) -> Optional[str]:
             try:
                 with Image.open(path) as img:
                     if decode:
@@ -129,7 +154,27 @@ class ImageFolder:
             return [p for p in pool.map(bad, [p for p, _ in self.samples]) if p]
 
 
-def build_dataset(split, args):
+class UnlabelledImages(ImageFolder):
+    """Every image under a folder, in any layout (searched recursively), for MAE pre-training; upstream's ImageFolder
+    (`<folder>/train/<class>/*`) is such a folder too. Labels are all 0: pre-training has none."""
+
+    def __init__(self, root: str, transform: Optional[Transform] = None):  # not ImageFolder's: no class folders
+        self.root, self.transform, self.classes = root, transform, []
+        if not os.path.isdir(root):
+            raise DataError(f"--data_path {root}: not a folder")
+        self.samples = [(path, 0) for path in list_images(root, hidden=False)]
+        if not self.samples:
+            raise DataError(f"--data_path {root}: no images found ({', '.join(IMG_EXTENSIONS)})")
+        self.targets = np.zeros(len(self.samples), dtype=np.int32)
+
+
+def build_dataset(split: str, args: argparse.Namespace) -> ImageFolder:
+    """One split of `<args.data_path>/<split>` with its transform, reduced by --dataratio for training.
+
+    Args:
+        split: train, val or test (train: the training transform and --dataratio).
+        args: main_finetune_mindspore.py's arguments (data_path, input_size, augmentation flags, seed).
+    """
     dataset = ImageFolder(os.path.join(args.data_path, split), build_transform(split == "train", args))
     ratio = float(getattr(args, "dataratio", 1.0))
     if split == "train" and ratio < 1.0:
@@ -140,8 +185,13 @@ def build_dataset(split, args):
     return dataset
 
 
-def build_datasets(args, splits):
-    """The datasets of `splits`, checked together; raises DataError listing every problem found."""
+def build_datasets(args: argparse.Namespace, splits: Sequence[str]) -> Dict[str, ImageFolder]:
+    """The datasets of `splits`, checked together; raises DataError listing every problem found.
+
+    Args:
+        args: main_finetune_mindspore.py's arguments (data_path, nb_classes, num_workers, check_images, ...).
+        splits: the splits to build, the first one naming the classes (train, or test for --eval).
+    """
     datasets = {split: build_dataset(split, args) for split in splits}
     first = splits[0]
     for split in splits[1:]:
@@ -170,7 +220,8 @@ class Loader:
     Up to `prefetch` batches (default: half of num_workers, at least 2) are decoded ahead of the consumer.
     """
 
-    def __init__(self, dataset, batch_size, train, num_workers=2, seed=0, rank=0, world_size=1, prefetch=None):
+    def __init__(self, dataset: ImageFolder, batch_size: int, train: bool, num_workers: int = 2, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, prefetch: Optional[int] = None):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_workers = max(1, num_workers)
@@ -186,33 +237,34 @@ class Loader:
             bounds = np.linspace(0, n, world_size + 1).astype(int)
             self.eval_indices = np.arange(bounds[rank], bounds[rank + 1])
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def indices(self):
+    def indices(self) -> np.ndarray:
+        """This rank's image indices for the current epoch, in the order they are batched."""
         if not self.train:
             return self.eval_indices
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
         return order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
 
-    def __len__(self):
+    def __len__(self) -> int:
         if self.train:
             return self.per_rank // self.batch_size
         return (len(self.eval_indices) + self.batch_size - 1) // self.batch_size
 
-    def _batch(self, pool, chunk):
+    def _batch(self, pool: ThreadPoolExecutor, chunk: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         # one RNG per image, derived from (seed, epoch, rank, index): augmentation is reproducible
         rngs = [random.Random(hash((self.seed, self.epoch, self.rank, int(i)))) for i in chunk]
         items = list(pool.map(self.dataset.load, chunk, rngs))
         return (np.stack([im for im, _ in items]), np.array([t for _, t in items], dtype=np.int32),
                 np.asarray(chunk))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         indices = self.indices()
         chunks = [indices[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
         ready, stop = queue.Queue(self.prefetch), threading.Event()
 
-        def put(item):
+        def put(item: object) -> bool:
             while not stop.is_set():
                 try:
                     ready.put(item, timeout=0.1)
@@ -221,7 +273,7 @@ class Loader:
                     continue
             return False
 
-        def produce():
+        def produce() -> None:
             try:
                 with ThreadPoolExecutor(self.num_workers, thread_name_prefix="retfound-decode") as pool:
                     for chunk in chunks:

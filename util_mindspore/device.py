@@ -9,6 +9,8 @@ import re
 import mindspore as ms
 import numpy as np
 
+from util_mindspore.errors import UserError
+
 JIT_LEVELS = ("O0", "O1", "O2")
 # upstream's (torch) spellings: --device cuda is its default
 _ALIASES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "ascend": "Ascend", "npu": "Ascend"}
@@ -20,7 +22,7 @@ _MINDSPORE_PATH_VARIABLES = {"MS_OM_PATH", "MS_COMPILER_CACHE_PATH"}
 _SET_BY_USER = {name for name in _MINDSPORE_PATH_VARIABLES if name in os.environ}
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError):
     """A device, AMP or jit setting this installation cannot run; the message is one line."""
 
 
@@ -68,9 +70,10 @@ def bfloat16_supported():
 
 
 def configure(args):
-    """Set MindSpore's mode, device, jit level and resolve --amp_level auto; refuse what cannot run here.
+    """Set MindSpore's mode, device and jit level from --device / --mode / --jit_level; refuse what cannot run here.
 
-    Sets args.device to 'CPU', 'GPU' or 'Ascend' and args.amp_level to O0-O3.
+    Returns (device, amp_level): 'CPU', 'GPU' or 'Ascend', and --amp_level with `auto` resolved (O0 on CPU, O2 on
+    an accelerator). `args` is left as parsed.
     """
     current = ms.get_context("device_target")
     target, device_id = parse_device(args.device)
@@ -80,20 +83,21 @@ def configure(args):
             f"--device {args.device}: this MindSpore {ms.__version__} installation cannot run on {target} here "
             f"(its {target} backend did not load: no {target} or its libraries found); install "
             f"{_INSTALL[target]} (https://www.mindspore.cn/install), or run with --device CPU")
-    ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+    ms.set_context(mode=ms.GRAPH_MODE if getattr(args, "mode", "graph") == "graph" else ms.PYNATIVE_MODE)
     if target != current or device_id is not None:  # refused once a kernel ran (a second run in one process)
         ms.set_device(target, device_id)
-    if args.jit_level:
-        if args.jit_level not in JIT_LEVELS:
-            raise DeviceError(f"--jit_level must be one of {', '.join(JIT_LEVELS)} (got {args.jit_level})")
-        ms.set_context(jit_config={"jit_level": args.jit_level})
-    args.device = target
-    if args.amp_level == "auto":  # float16 is slower than float32 on CPUs; accelerators train as upstream on CUDA
-        args.amp_level = "O0" if target == "CPU" else "O2"
-    if args.amp_level != "O0" and args.amp_dtype == "bfloat16" and not bfloat16_supported():
+    jit_level = getattr(args, "jit_level", None)
+    if jit_level:
+        if jit_level not in JIT_LEVELS:
+            raise DeviceError(f"--jit_level must be one of {', '.join(JIT_LEVELS)} (got {jit_level})")
+        ms.set_context(jit_config={"jit_level": jit_level})
+    amp_level = args.amp_level
+    if amp_level == "auto":  # float16 is slower than float32 on CPUs; accelerators train as upstream on CUDA
+        amp_level = "O0" if target == "CPU" else "O2"
+    if amp_level != "O0" and args.amp_dtype == "bfloat16" and not bfloat16_supported():
         raise DeviceError(f"--amp_dtype bfloat16: MindSpore {ms.__version__} has no bfloat16 MatMul kernel on "
                           f"{target}; use --amp_dtype float16, or --amp_level O0 (float32)")
-    return args
+    return target, amp_level
 
 
 def keep_mindspore_files_in(folder):

@@ -1,8 +1,11 @@
-"""Data parallelism under msrun: the process group, and the few collectives the training loop needs."""
+"""Data parallelism under msrun: the process group, and the few collectives the training loop needs.
+
+MindSpore is imported only under msrun, so a prediction from an exported file (ONNX, OpenVINO) runs without it.
+"""
+import functools
 import logging
 import os
 
-import mindspore as ms
 import numpy as np
 
 logger = logging.getLogger("retfound")
@@ -12,48 +15,50 @@ def launched_by_msrun():
     return "MS_WORKER_NUM" in os.environ or "MS_ROLE" in os.environ
 
 
-def init_distributed_mode(args):
-    """Under msrun: initialise collectives (NCCL on GPU, HCCL on Ascend, MCCL on CPU) and data parallelism."""
-    args.distributed = launched_by_msrun()
-    if not args.distributed:
-        args.rank, args.world_size = 0, 1
-        return
+def init_distributed_mode():
+    """Under msrun: initialise collectives (NCCL on GPU, HCCL on Ascend, MCCL on CPU) and data parallelism.
+    Returns (distributed, rank, world_size)."""
+    if not launched_by_msrun():
+        return False, 0, 1
+    import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
     init()
-    args.rank, args.world_size = get_rank(), get_group_size()
+    rank, world_size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=args.world_size)
-    logger.info("distributed: rank %d of %d", args.rank, args.world_size)
+                                 device_num=world_size)
+    logger.info("distributed: rank %d of %d", rank, world_size)
+    return True, rank, world_size
 
 
 def is_main_process(args):
     return getattr(args, "rank", 0) == 0
 
 
-class _AllReduceSum(ms.nn.Cell):
-    """Collectives as compiled cells: the comm_func (pyboost) ops have no CPU kernels in MindSpore 2.10."""
+@functools.cache
+def _collective(name):
+    """A collective as a compiled cell (the comm_func (pyboost) ops have no CPU kernels in MindSpore 2.10):
+    AllReduce (sum) or AllGather (the ranks' tensors concatenated along axis 0)."""
+    import mindspore as ms
 
-    def __init__(self):
-        super().__init__()
-        self.op = ms.ops.AllReduce()
+    class Collective(ms.nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.op = getattr(ms.ops, name)()
 
-    def construct(self, x):
-        return self.op(x)
+        def construct(self, x):
+            return self.op(x)
+    return Collective()
 
 
-class _AllGather(ms.nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.op = ms.ops.AllGather()  # concatenates the ranks' tensors along axis 0
-
-    def construct(self, x):
-        return self.op(x)
+def _run_collective(name, array):
+    import mindspore as ms
+    return _collective(name)(ms.Tensor(array)).asnumpy()
 
 
 def barrier(args):
     """Every rank waits here until all arrive (a 1-element all-reduce)."""
     if getattr(args, "distributed", False):
-        _AllReduceSum()(ms.Tensor(np.zeros(1, np.float32))).asnumpy()
+        _run_collective("AllReduce", np.zeros(1, np.float32))
 
 
 def all_gather_rows(array, args):
@@ -61,11 +66,11 @@ def all_gather_rows(array, args):
     if not getattr(args, "distributed", False):
         return array
     array = np.asarray(array)
-    counts = _AllGather()(ms.Tensor(np.array([len(array)], np.int32))).asnumpy().reshape(-1)
+    counts = _run_collective("AllGather", np.array([len(array)], np.int32)).reshape(-1)
     longest = max(int(counts.max()), 1)
     padded = np.zeros((longest,) + array.shape[1:], dtype=array.dtype)  # equal shapes on every rank
     padded[:len(array)] = array
-    gathered = _AllGather()(ms.Tensor(padded)).asnumpy().reshape((len(counts), longest) + array.shape[1:])
+    gathered = _run_collective("AllGather", padded).reshape((len(counts), longest) + array.shape[1:])
     return np.concatenate([part[:count] for part, count in zip(gathered, counts)])
 
 
@@ -79,5 +84,5 @@ def all_reduce_max(value, args):
 def all_reduce_mean(value, args):
     if not getattr(args, "distributed", False):
         return value
-    total = _AllReduceSum()(ms.Tensor(np.array([value], np.float32))).asnumpy()
+    total = _run_collective("AllReduce", np.array([value], np.float32))
     return float(total[0]) / args.world_size

@@ -1,11 +1,13 @@
-"""Write a model as MindIR or ONNX and prove, by reloading the file, that it gives the model's outputs.
+"""Write a model as MindIR, ONNX or OpenVINO IR and prove, by reloading the file, that it gives the model's outputs.
 
 MindIR comes from `ms.export` with a free batch dimension. ONNX comes from `ms.export` too, which writes every
 shape with the batch size it traced and has no Erf; `free_onnx_batch` edits that graph with the onnx package:
 the batch dimension of the input and output becomes `batch`, every Reshape target gets -1 in place of its leading
 dimension (no other dimension of a ViT depends on the batch), and the Tanh nodes the GELU's ONNX form stands in
 for erf become Erf. Nothing is called exported until onnxruntime / GraphCell has run the written file at two batch
-sizes and matched the model.
+sizes and matched the model. OpenVINO's IR (.xml + .bin) is converted from that ONNX graph by OpenVINO itself,
+float32 weights kept (never compressed to float16), and checked with OpenVINO's CPU plugin held to float32
+(its default on CPUs with bfloat16 would round the check's own reference).
 """
 import dataclasses
 import os
@@ -16,18 +18,21 @@ import numpy as np
 
 from util_mindspore.atomic_files import fsync_dir, fsync_file
 from util_mindspore.compute_policy import AMP_DTYPES, apply_policy, policy_for
-from util_mindspore.errors import first_line
+from util_mindspore.errors import UserError, first_line
+from util_mindspore.inference_runtimes import openvino_model
+from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
 
-FORMATS = ("mindir", "onnx")
+SIDECAR_VERSION = 2  # 2: an encoder's output says which embedding it is; OpenVINO files
+FORMATS = ("mindir", "onnx", "openvino")
 # max |output difference| against the MindSpore model at float32, per format
-FLOAT32_TOLERANCE = {"mindir": 1e-5, "onnx": 1e-4}
+FLOAT32_TOLERANCE = {"mindir": 1e-5, "onnx": 1e-4, "openvino": 1e-4}
 # reduced precision: units of the reduced type's epsilon at the outputs' magnitude
 REDUCED_TOLERANCE_UNITS = 8
 TRACE_BATCH = 2  # an ONNX graph is traced at this batch size, then checked at VERIFY_BATCHES
 VERIFY_BATCHES = (1, 3)
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export could not be written or did not reproduce the model; one line."""
 
 
@@ -80,7 +85,7 @@ def reference_outputs(net, inputs):
 
 def export_policy(fmt, amp_level, amp_dtype):
     """GPU/Ascend's plain forms (exported graphs run on any device); ONNX's own forms for ONNX."""
-    return dataclasses.replace(policy_for(amp_level, amp_dtype, "GPU"), onnx_forms=fmt == "onnx")
+    return dataclasses.replace(policy_for(amp_level, amp_dtype, "GPU"), onnx_forms=fmt in ("onnx", "openvino"))
 
 
 def _trace_input(batch, input_size):
@@ -156,13 +161,27 @@ def _rename_value(graph, old, new):
         node.output[:] = [new if name == old else name for name in node.output]
 
 
+class _FreshTrace(ms.nn.Cell):
+    """`net` under a cell of its own, its parameters' names unchanged."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, x):
+        return self.net(x)
+
+
 def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
     """ms.export to ONNX traced at `batch` (TRACE_BATCH and freed when None), written to `<stem>.onnx`."""
     import onnx
 
     # ms.export, deprecated in favour of ms.onnx.export, which in MindSpore 2.10 fails on this graph with
     # dynamic_axes (BroadcastTo of the class token) and writes unsorted nodes with output_names
-    ms.export(net, _trace_input(batch or TRACE_BATCH, input_size), file_name=stem + ".traced", file_format="ONNX")
+    # traced through a fresh wrapper cell: MindSpore 2.10 cannot export one cell to ONNX twice (the second trace of
+    # the same cell fails on its BiasAdd nodes), which --format onnx,openvino would otherwise ask of it
+    ms.export(_FreshTrace(net), _trace_input(batch or TRACE_BATCH, input_size), file_name=stem + ".traced",
+              file_format="ONNX")
     traced = stem + ".traced.onnx"
     try:
         proto = onnx.load(traced)
@@ -178,11 +197,26 @@ def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
     return stem + ".onnx"
 
 
+def write_openvino(net, stem, batch, input_size, gelu_count, output_name):
+    """OpenVINO IR `<stem>.xml` + `<stem>.bin`, converted from the verified ONNX form (write_onnx)."""
+    import openvino as ov
+
+    onnx_path = write_onnx(net, stem + ".for_openvino", batch, input_size, gelu_count, output_name)
+    try:
+        ov.save_model(ov.convert_model(onnx_path), stem + ".xml", compress_to_fp16=False)
+    finally:
+        os.remove(onnx_path)
+    return stem + ".xml"
+
+
 def run_exported(fmt, path, inputs):
     """Outputs of the exported file, reloaded as a deployer would, for each batch of `inputs`."""
     if fmt == "mindir":
         graph = ms.nn.GraphCell(ms.load(path))
         return {b: graph(ms.Tensor(x)).asnumpy().astype(np.float32) for b, x in inputs.items()}
+    if fmt == "openvino":
+        compiled = openvino_model(path)
+        return {b: np.asarray(compiled(x)[0], np.float32) for b, x in inputs.items()}
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -192,12 +226,18 @@ def run_exported(fmt, path, inputs):
     return {b: session.run(None, {name: x})[0].astype(np.float32) for b, x in inputs.items()}
 
 
-def check_onnx_available():
+def check_format_available(fmt):
+    """The packages a format needs (ONNX: onnx and onnxruntime; OpenVINO: those and openvino), or one line."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        if fmt in ("onnx", "openvino"):
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        if fmt == "openvino":
+            import openvino  # noqa: F401
     except ImportError as exc:
-        raise ExportError(f"ONNX export needs the onnx extra: pip install -e \".[onnx]\" ({first_line(exc)})") from None
+        extra = "openvino" if fmt == "openvino" else "onnx"
+        raise ExportError(f"{fmt} export needs the {extra} extra: pip install -e \".[{extra}]\" "
+                          f"({first_line(exc)})") from None
 
 
 def _publish(staging, out_dir):
@@ -247,7 +287,8 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
         else:
             gelu_count = sum(1 for _, cell in model.cells_and_names() if type(cell).__name__ == "GELU")
             output_name = "embedding" if isinstance(net, EmbeddingNet) else "logits"
-            written = write_onnx(net, stem, batch, input_size, gelu_count, output_name)
+            writer = write_onnx if fmt == "onnx" else write_openvino
+            written = writer(net, stem, batch, input_size, gelu_count, output_name)
         outputs = run_exported(fmt, written, inputs)
         worst = max(float(np.abs(outputs[b] - reference[b].astype(np.float32)).max()) for b in batches)
         limit = tolerance(fmt, amp_level, amp_dtype, reference)
@@ -255,6 +296,7 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
             raise ExportError(f"{fmt} export of {name} does not reproduce the model: max |diff| {worst:.3g} > "
                               f"{limit:.3g}; nothing written")
         files = _publish(staging, out_dir)
+        files.sort(key=lambda name: name != os.path.basename(written))  # the file to load first
         return Verification(batches, worst, limit, str(reference[batches[0]].dtype), files)
     except ExportError:
         raise
@@ -263,3 +305,29 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
     finally:
         apply_policy(model, policy_for(amp_level, amp_dtype, "CPU"))
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe(trained, source, files, checks, batch, output_dim, embeddings, amp_level="O0", amp_dtype="float16"):
+    """The .json written beside exported files: what a deployer needs to feed them (input, preprocessing, classes;
+    util_mindspore/deployment.py reads it) and how each file was verified."""
+    reduced = amp_level != "O0"
+    formats = list(files)
+    return {
+        "format_version": SIDECAR_VERSION,
+        "files": files,
+        "model": trained.name, "source": source, "global_pool": trained.global_pool,
+        "output": {"kind": "embedding" if embeddings else "logits", "shape": ["batch", output_dim],
+                   "dtype": checks[formats[0]].output_dtype,
+                   "class_names": trained.class_names,
+                   "meaning": (f"the embedding: {trained.embedding}" if embeddings else
+                               "logits; softmax over them gives the class probabilities")},
+        "input": {"shape": ["batch" if batch is None else batch, 3, trained.input_size, trained.input_size],
+                  "dtype": "float32", "layout": "NCHW", "channels": "RGB"},
+        "preprocessing": {
+            "decode": "PIL Image.open(path).convert('RGB')",
+            "resize_shorter_side": eval_resize_size(trained.input_size), "interpolation": "bicubic",
+            "center_crop": trained.input_size, "scale": "1/255", "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)},
+        "precision": {"amp_level": amp_level, "reduced_dtype": amp_dtype if reduced else None},
+        "verification": {fmt: checks[fmt].as_dict() for fmt in formats},
+    }

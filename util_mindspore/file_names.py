@@ -6,3 +6,22 @@ import os
 
 def printable(name):
     return os.fsencode(name).decode("utf-8", "backslashreplace") if isinstance(name, str) else name
+
+
+# What a spreadsheet runs as a formula when a cell starts with it (OWASP's CSV injection list).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text):
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe, as OWASP
+    advises (`=cmd|...` -> `'=cmd|...`). Only for names and labels, never for numbers."""
+    return "'" + text if isinstance(text, str) and text.startswith(_FORMULA_STARTS) else text
+
+
+def output_path(folder, name, suffix):
+    """Where an output made for the input `name` (a relative path) goes: the name mirrored under `folder`, `suffix`
+    added, so two inputs never share one (x.jpg and x.png, a/b.jpg and a__b.jpg). `..` and `.` become %2E%2E and
+    %2E, `%` becomes %25, and a leading `/` is dropped, so it stays inside `folder`."""
+    parts = [p.replace("%", "%25") for p in name.replace(os.sep, "/").split("/") if p]
+    parts = [p.replace(".", "%2E") if p in (".", "..") else p for p in parts]
+    return os.path.join(folder, *parts) + suffix

@@ -30,19 +30,12 @@ def attention_rollout(model, images):
         extra = model.block_args()
         rollout = None
         for blk in model.blocks:
-            attn = blk.attn.attention_probs(blk.norm1(tokens), *extra).asnumpy().astype(np.float64).mean(axis=1)
+            attn = blk.attention_probs(tokens, *extra).asnumpy().astype(np.float64).mean(axis=1)
             attn = attn + np.eye(attn.shape[-1])
             attn = attn / attn.sum(axis=-1, keepdims=True)
             rollout = attn if rollout is None else attn @ rollout
             tokens = blk(tokens, *extra)
     return rollout
-
-
-def _last_block_from_norm1(blk, x, normed, extra):
-    """The last block's output given its input x and its first LayerNorm's output (as Block.construct, eval)."""
-    x = cast(x, blk.residual_dtype)
-    x = x + cast(blk.ls1(blk.attn(normed, *extra)), x.dtype)
-    return x + cast(blk.ls2(blk.mlp(blk.norm2(x))), x.dtype)
 
 
 def grad_cam(model, images, targets=None):
@@ -53,11 +46,10 @@ def grad_cam(model, images, targets=None):
         for blk in model.blocks[:-1]:
             x = blk(x, *extra)
         last = model.blocks[-1]
-        normed = last.norm1(x)
+        normed = last.norm1(cast(x, last.residual_dtype))
 
         def logits_from(a):
-            return model.forward_head(model.pool_features(_last_block_from_norm1(last, x, a, extra))).astype(
-                ms.float32)
+            return model.forward_head(model.pool_features(last.forward_from_normed(x, a, *extra))).astype(ms.float32)
 
         logits = logits_from(normed).asnumpy()
         targets = np.argmax(logits, axis=1) if targets is None else np.asarray(targets)
@@ -90,19 +82,26 @@ def _overlay(picture, heat):
 
 
 def save_heatmap_figure(path, picture, rollout_map, cam_map, title):
-    """One PNG: the picture the model saw, attention rollout over it, Grad-CAM over it."""
-    from util_mindspore.metrics import _pyplot
+    """One PNG: the picture the model saw, attention rollout over it, Grad-CAM over it, with a colour bar (0: none,
+    1: the image's maximum) under the two maps."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.6))
-    panels = ((np.asarray(picture), "image"), (_overlay(picture, rollout_map), "attention rollout"),
+    from util_mindspore.figures import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 4.4))
+    panels = ((np.asarray(picture), "image the model saw"), (_overlay(picture, rollout_map), "attention rollout"),
               (_overlay(picture, cam_map), "Grad-CAM"))
     for ax, (shown, name) in zip(axes, panels):
         ax.imshow(shown)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name, fontsize=12)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=list(axes), orientation="horizontal",
+                       fraction=0.06, pad=0.04)
+    bar.set_label("relative weight (1 = this image's maximum)", fontsize=10)
+    fig.suptitle(title, fontsize=11)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)

@@ -12,21 +12,13 @@ import os
 from typing import Optional
 
 from util_mindspore.errors import WeightError, first_line
+from util_mindspore.model_registry import published_weights
 
 logger = logging.getLogger("retfound.weights")
 
 CHECKPOINT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
-# Every published RETFound checkpoint, described once: HuggingFace repo, file, and source family.
-PUBLISHED = {
-    "RETFound_mae_natureCFP": "mae",
-    "RETFound_mae_natureOCT": "mae",
-    "RETFound_mae_meh": "mae",
-    "RETFound_mae_shanghai": "mae",
-    "RETFound_dinov2_meh": "dinov2",
-    "RETFound_dinov2_shanghai": "dinov2",
-}
-HF_ORG = "YukunZhou"
+HF_ORG = "YukunZhou"  # published RETFound checkpoints: YukunZhou/<name>/<name>.pth (model_registry.published_weights)
 
 
 @dataclasses.dataclass
@@ -41,7 +33,12 @@ class Source:
 def resolve_source(name_or_path):
     """What a --finetune / --resume value names (see the module docstring)."""
     value = str(name_or_path)
-    if value in PUBLISHED:
+    spelled = os.path.splitext(value)[0] + ".ckpt"
+    if value.lower().endswith(".pth") and not os.path.exists(value) and os.path.isfile(spelled):
+        # upstream's README and demo evaluate output_dir/<task>/checkpoint-best.pth; this port writes .ckpt
+        logger.warning("%s does not exist: reading %s (this port writes its checkpoints as .ckpt)", value, spelled)
+        value = spelled
+    if value in published_weights():
         return Source(value, "hub", repo_id=f"{HF_ORG}/{value}", filename=f"{value}.pth")
     if os.path.exists(value):
         if os.path.isdir(value):
@@ -67,7 +64,7 @@ def resolve_source(name_or_path):
     if value.lower().endswith(CHECKPOINT_EXTENSIONS) or looks_local:
         raise WeightError(f"{value}: no such checkpoint file")
     raise WeightError(f"unknown checkpoint '{value}': use a file path, 'org/repo[/file]', or one of "
-                      f"{', '.join(PUBLISHED)}")
+                      f"{', '.join(published_weights())}")
 
 
 def hub_file_etag(source, token, revision):

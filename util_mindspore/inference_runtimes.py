@@ -1,18 +1,21 @@
-"""Run a trained model on batches: MindSpore (our checkpoint, an upstream .pth, a published encoder) or
-onnxruntime (an .onnx file export_mindspore.py wrote, with its .json beside it).
+"""Run an exported model on batches: onnxruntime (an .onnx file export_mindspore.py wrote, with its .json beside
+it) or OpenVINO (its IR, on CPU servers); the MindSpore runtime is util_mindspore/mindspore_runtime.py. Nothing here
+imports MindSpore, so predicting from an exported file never loads it (about 450 MB of memory, docs/PERFORMANCE.md).
 
-Both give, per batch, float32 logits and/or embeddings; `softmax` turns logits into probabilities in float64, as
-evaluation does. MindSpore pads a short last batch to the batch size, so one compiled graph serves the run.
+Each gives, per batch, float32 logits and/or embeddings; `softmax` turns logits into probabilities in float64, as
+evaluation does.
 """
+import gc
 import json
 import os
+from typing import TYPE_CHECKING, Iterable, Union
 
-import mindspore as ms
 import numpy as np
 
-from util_mindspore.compute_policy import apply_policy
-from util_mindspore.errors import WeightError
-from util_mindspore.trained_model import load_trained_model
+from util_mindspore.errors import WeightError, first_line
+
+if TYPE_CHECKING:
+    from util_mindspore.mindspore_runtime import MindSporeRuntime
 
 
 def softmax(logits):
@@ -21,89 +24,164 @@ def softmax(logits):
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class _LogitsAndEmbedding(ms.nn.Cell):
-    """One pass through the blocks for both outputs."""
+def openvino_model(path, precision="float32", num_threads=None):
+    """An OpenVINO compiled model on the CPU: float32 unless `precision` is bfloat16 (OpenVINO's own default on
+    CPUs with bfloat16, which this never leaves to chance)."""
+    import openvino as ov
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def construct(self, x):
-        tokens = self.model.forward_tokens(x)
-        return self.model.forward_head(self.model.pool_features(tokens)), self.model.pool_embedding(tokens)
-
-
-class MindSporeRuntime:
-    def __init__(self, args, policy, want_embedding):
-        trained = load_trained_model(args.resume, args.model, args.nb_classes, args.input_size, args.global_pool,
-                                     with_head=None if want_embedding else True, cache_dir=args.weights_cache_dir)
-        self.model, self.batch_size = trained.model, args.batch_size
-        self.class_names, self.input_size = trained.class_names, trained.input_size
-        self.embedding_dim = self.model.num_features if want_embedding else None
-        self.description = f"{trained.name} from {trained.source} (MindSpore, {policy_name(policy)})"
-        apply_policy(self.model, policy)
-        self.net = _LogitsAndEmbedding(self.model)
-
-    def __call__(self, images):
-        """(logits or None, embeddings or None) for a batch of preprocessed images."""
-        n = len(images)
-        if n < self.batch_size:
-            images = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
-        logits, embedding = self.net(ms.Tensor(images))
-        logits = logits.asnumpy()[:n].astype(np.float32) if self.class_names else None
-        return logits, embedding.asnumpy()[:n].astype(np.float32) if self.embedding_dim else None
+    config = {"INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[precision]}
+    if num_threads:
+        config["INFERENCE_NUM_THREADS"] = int(num_threads)
+    return ov.Core().compile_model(path, "CPU", config)
 
 
-def policy_name(policy):
-    return "float32" if not policy.reduced else f"{policy.matmul} matmuls"
+class _ExportedRuntime:
+    """A file export_mindspore.py wrote; its .json gives the classes, input size and output kind."""
 
+    engine = "exported"
 
-class OnnxRuntime:
-    """An exported .onnx: its .json (export_mindspore.py) gives the classes, input size and output kind."""
-
-    def __init__(self, args, want_embedding):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise WeightError(f"{args.resume}: running an ONNX file needs onnxruntime: pip install -e \".[onnx]\"") \
-                from None
-        sidecar_path = os.path.splitext(args.resume)[0] + ".json"
+    def __init__(self, path, sidecar_path, want_embedding, input_size, batch_size):
         try:
             with open(sidecar_path, encoding="utf-8") as fh:
                 sidecar = json.load(fh)
             kind, class_names = sidecar["output"]["kind"], sidecar["output"]["class_names"]
             self.input_size = sidecar["input"]["shape"][-1]
+            fixed = sidecar["input"]["shape"][0]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise WeightError(f"{sidecar_path}: the description export_mindspore.py writes beside {args.resume} is "
+            raise WeightError(f"{sidecar_path}: the description export_mindspore.py writes beside {path} is "
                               f"missing or unreadable ({exc.__class__.__name__})") from None
         if want_embedding != (kind == "embedding"):
-            raise WeightError(f"{args.resume} outputs {kind}s: " + (
+            raise WeightError(f"{path} outputs {kind}s: " + (
                 "export the encoder with export_mindspore.py --embeddings" if want_embedding else
                 "predict with a file exported without --embeddings, or add --embeddings"))
-        if args.input_size and args.input_size != self.input_size:
-            raise WeightError(f"--input_size {args.input_size} does not fit {args.resume}, exported for "
-                              f"{self.input_size} px")
-        fixed = sidecar["input"]["shape"][0]
-        if isinstance(fixed, int) and fixed != args.batch_size:
-            raise WeightError(f"{args.resume} was exported for batch size {fixed}: use --batch_size {fixed}")
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = onnxruntime.InferenceSession(args.resume, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise WeightError(f"{args.resume}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") \
-                from None
+        if input_size and input_size != self.input_size:
+            raise WeightError(f"--input_size {input_size} does not fit {path}, exported for {self.input_size} px")
+        if isinstance(fixed, int) and fixed != batch_size:
+            raise WeightError(f"{path} was exported for batch size {fixed}: use --batch_size {fixed}")
+        self.path, self.sidecar = path, sidecar
         self.class_names = None if want_embedding else class_names
+        self.embedding_description = sidecar["output"].get("meaning")
         self.embedding_dim = sidecar["output"]["shape"][-1] if want_embedding else None
         self.fixed_batch = fixed if isinstance(fixed, int) else None
-        self.input_name = self.session.get_inputs()[0].name
-        self.description = f"{args.resume} (onnxruntime, {sidecar.get('model', 'model')})"
+        self.description = f"{path} ({self.engine}, {sidecar.get('model', 'model')})"
 
-    def __call__(self, images):
+    def _pad(self, images):
         n = len(images)
         if self.fixed_batch and n < self.fixed_batch:
             images = np.concatenate([images, np.zeros((self.fixed_batch - n,) + images.shape[1:], images.dtype)])
-        out = self.session.run(None, {self.input_name: images})[0][:n]
+        return images, n
+
+    def _outputs(self, out):
+        out = np.asarray(out, np.float32)
+        return (None, out) if self.embedding_dim else (out, None)
+
+
+class OnnxRuntime(_ExportedRuntime):
+    """An exported .onnx run by onnxruntime's CPU provider."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, path, want_embedding, input_size=None, batch_size=None):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise WeightError(f"{path}: running an ONNX file needs onnxruntime: pip install -e \".[onnx]\"") from None
+        super().__init__(path, os.path.splitext(path)[0] + ".json", want_embedding, input_size, batch_size)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+            raise WeightError(f"{path}: onnxruntime cannot load it ({first_line(exc)})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images):
+        images, n = self._pad(images)
+        return self._outputs(self.session.run(None, {self.input_name: images})[0][:n])
+
+
+def openvino_bfloat16_available():
+    """Whether OpenVINO's CPU plugin can compute in bfloat16 here (AVX-512 BF16 or AMX)."""
+    import openvino as ov
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoRuntime(_ExportedRuntime):
+    """OpenVINO IR (.xml + .bin) on the CPU, float32 unless bfloat16 is asked for.
+
+    In bfloat16, `measure_precision` first runs the sample images in float32, then (the float32 model freed) in
+    bfloat16, and `precision_check` says how far bfloat16 moved the results there (top-1 agreement, largest
+    probability difference): no number changes without a figure. One model at a time holds memory.
+    """
+
+    engine = "OpenVINO"
+
+    def __init__(self, path, want_embedding, input_size=None, batch_size=None, precision="float32", sample=64,
+                 sidecar_path=None):
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise WeightError(f"{path}: OpenVINO is not installed: pip install -e \".[openvino]\"") from None
+        super().__init__(path, sidecar_path or os.path.splitext(path)[0] + ".json", want_embedding, input_size,
+                         batch_size)
+        if precision == "bfloat16" and not openvino_bfloat16_available():
+            raise WeightError("--precision bfloat16: this CPU has no bfloat16 arithmetic OpenVINO can use "
+                              "(AVX-512 BF16 or AMX); use --precision float32")
+        self.precision, self.sample = precision, sample
+        self.compiled = self._compile(precision) if precision == "float32" else None
+        self.description = f"{path} (OpenVINO on CPU, {precision}, {self.sidecar.get('model', 'model')})"
+        self.compared, self.agreeing, self.max_probability_diff, self.max_output_diff = 0, 0, 0.0, 0.0
+
+    def _compile(self, precision):
+        try:
+            return openvino_model(self.path, precision)
+        except RuntimeError as exc:
+            raise WeightError(f"{self.path}: OpenVINO cannot load it ({first_line(exc)})") from None
+
+    @property
+    def wants_sample(self):
+        """Whether `measure_precision` should be given the first images before the run (bfloat16, not yet done)."""
+        return self.precision != "float32" and self.compiled is None and self.sample > 0
+
+    def measure_precision(self, batches: Iterable[np.ndarray]) -> None:
+        """The sample's float32 outputs, then the reduced-precision model compiled and compared on the same images."""
+        reference = self._compile("float32")
+        batches = [self._pad(images) for images in batches]
+        full = [np.asarray(reference(images)[0], np.float32)[:n] for images, n in batches]
+        del reference
+        gc.collect()  # the float32 model's memory goes before the bfloat16 model is built
+        self.compiled = self._compile(self.precision)
+        for (images, n), expected in zip(batches, full):
+            self._compare(np.asarray(self.compiled(images)[0], np.float32)[:n], expected)
+
+    def __call__(self, images):
+        if self.compiled is None:  # bfloat16 without a sample (precision_sample 0)
+            self.compiled = self._compile(self.precision)
+        images, n = self._pad(images)
+        return self._outputs(np.asarray(self.compiled(images)[0], np.float32)[:n])
+
+    def _compare(self, reduced, full):
+        take = min(len(full), self.sample - self.compared)
+        reduced, full = reduced[:take], full[:take]
+        self.max_output_diff = max(self.max_output_diff, float(np.abs(reduced - full).max(initial=0.0)))
+        if not self.embedding_dim:
+            self.agreeing += int((reduced.argmax(axis=1) == full.argmax(axis=1)).sum())
+            diff = np.abs(softmax(reduced) - softmax(full)).max(initial=0.0)
+            self.max_probability_diff = max(self.max_probability_diff, float(diff))
+        self.compared += take
+
+    def precision_check(self):
+        """One line on what bfloat16 changed against float32 on the sample, or None in float32."""
+        if self.precision == "float32":
+            return None
+        if not self.compared:
+            return "bfloat16: not compared with float32 (--precision_sample 0)"
         if self.embedding_dim:
-            return None, out.astype(np.float32)
-        return out.astype(np.float32), None
+            return (f"bfloat16 against float32 on {self.compared} images: embeddings differ by at most "
+                    f"{self.max_output_diff:.3g}")
+        return (f"bfloat16 against float32 on {self.compared} images: top-1 class agrees on {self.agreeing} of "
+                f"{self.compared}; probabilities differ by at most {self.max_probability_diff:.3g}")
+
+
+# what predict_mindspore.py runs images through
+Runtime = Union["MindSporeRuntime", OnnxRuntime, OpenVinoRuntime]

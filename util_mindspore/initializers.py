@@ -57,6 +57,24 @@ class TruncNormal(Initializer):
             out[outside] = rng.standard_normal(int(outside.sum()), dtype=out.dtype) * std
 
 
+class XavierUniform(Initializer):
+    """torch's xavier_uniform_ (gain 1) on the array seen as (shape[0], prod(shape[1:])): MAE's initialisation of its
+    linear layers and patch projection. Seeded from np.random when made, as TruncNormal."""
+
+    def __init__(self):
+        super().__init__()
+        self.entropy = np.random.randint(0, 2 ** 31, size=4).tolist()
+
+    def _initialize(self, arr):
+        fan_out, fan_in = arr.shape[0], int(np.prod(arr.shape[1:]))
+        bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
+        seeds = np.random.SeedSequence(self.entropy).spawn(CHUNKS)
+
+        def draw(out, i):
+            out[...] = np.random.default_rng(seeds[i]).uniform(-bound, bound, out.shape)
+        fill_in_chunks(draw, arr)
+
+
 class WrittenZeros(Initializer):
     """Zeros written into the array, where MindSpore's 'zeros' keeps np.zeros' untouched pages.
 

@@ -21,6 +21,7 @@ class StopRequested(Exception):
     def __init__(self, signum):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.where = None  # the safe point it stopped at, e.g. "after epoch 3, step 20 of 100"
 
     @property
     def exit_code(self):
@@ -58,6 +59,12 @@ def block_signals():
     _watcher.start()
 
 
+def unblock_signals():
+    """Undo block_signals in a child process (subprocess's preexec_fn): a child inherits the blocked mask, and one
+    that does not take the signals itself (msrun's scheduler) would never see them."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
 def signal_name(signum):
     return signal.Signals(signum).name
 
@@ -71,11 +78,14 @@ def requested():
     return _watcher.signum
 
 
-def check(agree=None):
+def check(agree=None, where=None):
     """Raise StopRequested at a safe point if a stop was asked for. `agree(signum) -> signum`: the ranks' common
-    answer (under msrun every rank must stop at the same step, or the others would wait in a collective)."""
+    answer (under msrun every rank must stop at the same step, or the others would wait in a collective);
+    `where`: the safe point in words (the stop line names it)."""
     if not active():
         return
     signum = agree(_watcher.signum) if agree is not None else _watcher.signum
     if signum:
-        raise StopRequested(signum)
+        stop = StopRequested(signum)
+        stop.where = where
+        raise stop

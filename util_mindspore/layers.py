@@ -11,12 +11,17 @@ from mindspore import Parameter, ops
 from mindspore.common.initializer import initializer
 
 from util_mindspore.compute_policy import PolicyCell, cast
-from util_mindspore.initializers import TruncNormal
+from util_mindspore.initializers import TruncNormal, XavierUniform
 
 
 def trunc_normal(shape, std=0.02, a=-2.0, b=2.0):
     """timm's trunc_normal_ for a float32 Parameter, drawn into the Parameter's own array when it is made."""
     return initializer(TruncNormal(std, a, b), shape, ms.float32)
+
+
+def xavier_uniform(shape):
+    """torch's xavier_uniform_ for a float32 Parameter (MAE's linear layers and patch projection)."""
+    return initializer(XavierUniform(), shape, ms.float32)
 
 
 def zeros(shape):
@@ -30,8 +35,29 @@ def trunc_normal_linear_(linear, std=2e-5):
         linear.bias.set_data(zeros(linear.bias.shape))
 
 
+class _BiasAddWithMatmulBackward(ms.nn.Cell):
+    """BiasAdd whose bias gradient (the column sums of the incoming gradient) is one matmul with a ones row: the
+    CPU BiasAddGrad kernel is slow at the MAE decoder's width of 512 (docs/PERFORMANCE.md)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias_add = ops.BiasAdd()
+        self.matmul = ops.MatMul()
+
+    def construct(self, x, bias):
+        return self.bias_add(x, bias)
+
+    def bprop(self, x, bias, out, dout):
+        ones = ops.ones((1, dout.shape[0]), dout.dtype)
+        return dout, self.matmul(ones, dout).reshape(bias.shape)
+
+
 class Linear(PolicyCell):
-    """torch.nn.Linear: matmul in the policy's matmul dtype (autocast casts input, weight and bias alike)."""
+    """torch.nn.Linear: matmul in the policy's matmul dtype (autocast casts input, weight and bias alike).
+
+    CPU form: the bias gradient as a matmul (_BiasAddWithMatmulBackward); the fused `ops.dense` was tried and held
+    more memory (docs/PERFORMANCE.md).
+    """
 
     def __init__(self, in_features, out_features, bias=True, bias_mask=None):
         super().__init__()
@@ -41,14 +67,18 @@ class Linear(PolicyCell):
         self.bias_mask = ms.Tensor(bias_mask, ms.float32) if bias and bias_mask is not None else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
+        self.cpu_bias_add = _BiasAddWithMatmulBackward()
 
     def construct(self, x):
         shape = x.shape
         dtype = self.matmul_dtype
-        out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
+        bias = None
         if self.bias is not None:
             bias = self.bias * self.bias_mask if self.bias_mask is not None else self.bias
-            out = self.bias_add(out, cast(bias, dtype))
+        out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
+        if bias is not None:
+            add = self.cpu_bias_add if self.cpu_forms else self.bias_add
+            out = add(out, cast(bias, dtype))
         return cast(out.reshape(shape[:-1] + (-1,)), self.matmul_out_dtype)
 
 

@@ -33,3 +33,11 @@ def param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=(), layer_de
                                   {"lr_scale": scale, "weight_decay": decay, "params": []})
         group["params"].append(name)
     return lr_scales, weight_decays, groups
+
+
+def param_groups_weight_decay(model, weight_decay=0.05, no_weight_decay_list=()):
+    """(lr_scales, weight_decays) for model.trainable_params(): timm's add_weight_decay, which upstream's MAE
+    pre-training uses: no decay for 1-D parameters (norms, biases) and names ending in `.bias`, every lr scale 1."""
+    decays = [0.0 if len(p.shape) == 1 or p.name.endswith(".bias") or p.name in no_weight_decay_list else weight_decay
+              for p in model.trainable_params()]
+    return [1.0] * len(decays), decays

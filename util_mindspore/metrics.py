@@ -1,4 +1,5 @@
-"""Upstream's evaluation metrics (scikit-learn), its metrics CSV, and the pictures we write beside it."""
+"""Upstream's evaluation metrics (scikit-learn), its metrics CSV, the predictions CSV, and bootstrap confidence
+intervals of the metrics over the test images (beyond upstream; figures.py draws the pictures)."""
 import csv
 import io
 import os
@@ -7,7 +8,7 @@ import warnings
 import numpy as np
 
 from util_mindspore.atomic_files import append_whole, atomic_write
-from util_mindspore.file_names import printable
+from util_mindspore.file_names import printable, spreadsheet_safe
 
 METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", "recall",
                   "average_precision", "kappa"]
@@ -104,13 +105,13 @@ def count_rows(path, header=True):
 def write_predictions_csv(path, paths, labels, probs, class_names):
     """path,label,prediction,prob_<class>...: one row per image, labels and predictions by class name (names as
     file_names.printable writes them)."""
-    names = [printable(c) for c in class_names]
+    names = [spreadsheet_safe(printable(c)) for c in class_names]
     with atomic_write(path, newline="", encoding="utf8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "prediction"] + [f"prob_{c}" for c in names])
         for p, label, row in zip(paths, labels, probs):
             # repr: exact floats, so metrics recomputed from this file equal the CSV's
-            writer.writerow([printable(p), names[int(label)], names[int(np.argmax(row))]] +
+            writer.writerow([spreadsheet_safe(printable(p)), names[int(label)], names[int(np.argmax(row))]] +
                             [repr(float(v)) for v in row])
 
 
@@ -126,67 +127,111 @@ def read_predictions_csv(path):
     return paths, labels, probs, class_names
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+# --- bootstrap confidence intervals --------------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 1000
+CI_COLUMNS = ["metric", "value", "ci_low", "ci_high", "confidence", "resamples", "defined_in"]
+BOOTSTRAP_METRICS = METRIC_COLUMNS[1:] + ["score"]
 
 
-def _save_figure(fig, path, dpi):
-    fig.tight_layout()
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=dpi, format=os.path.splitext(path)[1][1:])
-    _pyplot().close(fig)
+def _binary_auc(positive, score):
+    """ROC-AUC of one column: the Mann-Whitney statistic, ties counted one half (sklearn's trapezoids)."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.nan
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    sorted_scores = score[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average_rank = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
+    ranks[order] = np.repeat(average_rank, counts)
+    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def save_confusion_matrix(path, labels, probs, class_names):
-    """Row-normalised confusion matrix, as upstream's confusion_matrix_test.jpg."""
-    from sklearn.metrics import confusion_matrix
-    plt = _pyplot()
-    cm = confusion_matrix(labels, np.asarray(probs).argmax(axis=1), labels=list(range(len(class_names))))
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 3, 1.2 * len(class_names) + 2))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    names = [printable(c) for c in class_names]
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("Predicted")
-    ax.set_ylabel("Actual")
-    _save_figure(fig, path, 150)
+def _binary_average_precision(positive, score):
+    """average_precision_score of one column: sum over distinct thresholds of (recall step) x precision; 0 when
+    the column has no positives, as scikit-learn returns."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return 0.0
+    order = np.argsort(-score, kind="mergesort")
+    s, y = score[order], positive[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last index of each distinct threshold
+    tps = np.cumsum(y)[last]
+    precision = tps / (last + 1.0)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def save_roc_curves(path, labels, probs, class_names):
-    from sklearn.metrics import roc_curve
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for i, name in enumerate(class_names):
-        positives = np.asarray(labels) == i
-        if positives.any() and (~positives).any():
-            fpr, tpr, _ = roc_curve(positives, np.asarray(probs)[:, i])
-            ax.plot(fpr, tpr, label=printable(name))
-    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel("True positive rate")
-    ax.set_title("ROC, one vs rest")
-    ax.legend(loc="lower right")
-    _save_figure(fig, path, 150)
+def fast_metrics(labels, probs):
+    """compute_metrics' columns (but val_loss) from the confusion matrix and per-class rankings: the same values
+    as the scikit-learn calls (tests/test_metrics.py checks them to 1e-12), fast enough for 1,000 resamples."""
+    labels = np.asarray(labels, np.int64)
+    n, c = probs.shape
+    preds = probs.argmax(axis=1)
+    cm = np.bincount(labels * c + preds, minlength=c * c).reshape(c, c).astype(np.float64)
+    tp = np.diag(cm)
+    fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
+
+    def ratio(num, den):
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    rows, cols = cm.sum(axis=1), cm.sum(axis=0)
+    expected_agreement = float((rows * cols).sum()) / n
+    kappa = (float(tp.sum()) - expected_agreement) / (n - expected_agreement) if n != expected_agreement else np.nan
+    onehot = np.eye(c, dtype=bool)[labels]
+    out = {
+        "accuracy": float(tp.sum()) / n,
+        "f1": float(ratio(2 * tp, 2 * tp + fp + fn).mean()),
+        "roc_auc": float(np.mean([_binary_auc(onehot[:, k], probs[:, k]) for k in range(c)])),
+        "hamming": float((fp + fn).sum()) / (n * c),
+        "jaccard": float(ratio(tp, tp + fp + fn).mean()),
+        "precision": float(ratio(tp, tp + fp).mean()),
+        "recall": float(ratio(tp, tp + fn).mean()),
+        "average_precision": float(np.mean([_binary_average_precision(onehot[:, k], probs[:, k]) for k in range(c)])),
+        "kappa": kappa,
+    }
+    aucs = [_binary_auc(onehot[:, k], probs[:, k]) for k in range(c)]
+    present = [a for a in aucs if np.isfinite(a)]
+    auc_present = out["roc_auc"] if np.isfinite(out["roc_auc"]) or not present else float(np.mean(present))
+    out["score"] = (out["f1"] + auc_present + out["kappa"]) / 3.0
+    return out
 
 
-def save_training_curves(path, log_rows):
-    """Train loss, val loss and val score per epoch from log.txt rows."""
-    plt = _pyplot()
-    epochs = [r["epoch"] for r in log_rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r.get("train_loss") for r in log_rows], label="train loss")
-    left.plot(epochs, [r.get("val_loss") for r in log_rows], label="val loss")
-    left.set_xlabel("epoch")
-    left.legend()
-    right.plot(epochs, [r.get("val_score") for r in log_rows], label="val score (F1+AUC+kappa)/3")
-    right.plot(epochs, [r.get("val_accuracy") for r in log_rows], label="val accuracy")
-    right.set_xlabel("epoch")
-    right.legend()
-    _save_figure(fig, path, 120)
+def bootstrap_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=0.95):
+    """{metric: (low, high, resamples where it is defined)}: percentile intervals of each metric over `resamples`
+    draws of the test images with replacement (numpy's default_rng(seed): the same intervals every run)."""
+    labels, probs = np.asarray(labels, np.int64), np.asarray(probs, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in BOOTSTRAP_METRICS}
+    for _ in range(int(resamples)):
+        pick = rng.integers(0, len(labels), len(labels))
+        for name, value in fast_metrics(labels[pick], probs[pick]).items():
+            draws[name].append(value)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    intervals = {}
+    for name, values in draws.items():
+        values = np.asarray(values, np.float64)
+        values = values[np.isfinite(values)]
+        low, high = (np.percentile(values, [tail, 100.0 - tail]) if len(values) else (np.nan, np.nan))
+        intervals[name] = (float(low), float(high), int(len(values)))
+    return intervals
+
+
+def write_intervals_csv(path, results, intervals, confidence=0.95, resamples=None):
+    """metrics_test_ci.csv: each metric's value (as in metrics_test.csv), its bootstrap interval, and in how many
+    resamples it was defined (ROC-AUC is not where a class is drawn no image)."""
+    rows = [CI_COLUMNS]
+    for name, (low, high, defined) in intervals.items():
+        total = resamples or max(d for _, _, d in intervals.values())
+        rows.append([name, repr(float(results[name])), repr(low), repr(high), confidence, total, defined])
+    with atomic_write(path, newline="", encoding="utf8") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def read_intervals_csv(path):
+    """{metric: (value, low, high)} from write_intervals_csv's file."""
+    with open(path, newline="", encoding="utf8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["metric"]: (float(r["value"]), float(r["ci_low"]), float(r["ci_high"])) for r in rows}

@@ -73,3 +73,23 @@ def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1, antialias=Fal
     m = (antialiased_bicubic_matrix if antialias else bicubic_matrix)(old_grid, new_grid)
     resized = np.einsum("ih,hwd,jw->ijd", m, grid, m).reshape(1, new_grid * new_grid, dim)
     return np.concatenate([extra, resized.astype(pos_embed.dtype)], axis=1)
+
+
+def sincos_pos_embed(embed_dim, grid_size, cls_token=False):
+    """MAE's fixed 2-D sin-cos position embedding (upstream util/pos_embed.py's get_2d_sincos_pos_embed), in
+    float64: (grid_size**2 [+ 1], embed_dim), a zero row first for the class token. As upstream, the first half
+    of the channels encodes the column (meshgrid with w first) and the second half the row."""
+    if embed_dim % 4:
+        raise ValueError(f"a sin-cos position embedding needs a width divisible by 4 (got {embed_dim})")
+    columns, rows = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))
+    half = embed_dim // 2
+    omega = 1.0 / 10000 ** (np.arange(half // 2, dtype=np.float64) / (half / 2.0))
+
+    def encode(positions):
+        out = np.einsum("m,d->md", positions.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([encode(columns), encode(rows)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return emb

@@ -2,11 +2,12 @@
 every rank of a data-parallel run that seeds alike builds the same initial model."""
 import random
 
-import mindspore as ms
 import numpy as np
 
 
 def seed_everything(seed):
+    import mindspore as ms  # here, not at import: the data pipeline uses this module without MindSpore
+
     random.seed(seed)
     np.random.seed(seed)
     ms.set_seed(seed)

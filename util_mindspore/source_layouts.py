@@ -9,8 +9,17 @@ import numpy as np
 from util_mindspore import torch_pickle
 from util_mindspore.errors import WeightError
 
-# Source keys that are not part of the encoder (MAE decoder, DINO heads, masking token).
-_DROPPED = re.compile(r"^(decoder_|mask_token$|dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
+# DINO's training heads and loss buffers: never used here, dropped at conversion (the teacher's dino_head alone
+# is tens of MB).
+_DROPPED = re.compile(r"^(dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
+# Parts of a pre-training checkpoint a classifier does not use: the MAE decoder and the masking tokens (kept by the
+# conversion, for continued MAE pre-training and for DINOv3, whose cells hold Meta's mask_token).
+_PRETRAINING_ONLY = re.compile(r"^(decoder_|mask_token$|local_cls_norm\.)")
+
+
+def is_pretraining_only(key):
+    """Whether a checkpoint key belongs to pre-training only (the load report lists these apart)."""
+    return bool(_PRETRAINING_ONLY.match(key) or _DROPPED.match(key))
 
 
 def _is_tensor(value):
@@ -47,7 +56,8 @@ def _rename_swiglu(sd):
 
 
 def _convert_mae(sd):
-    """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2/DINOv3 and timm checkpoints: the encoder."""
+    """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2/DINOv3 and timm checkpoints: every tensor but
+    DINO's heads."""
     return _rename_swiglu({k: v for k, v in sd.items() if not _DROPPED.match(k)})
 
 
@@ -59,6 +69,14 @@ def _convert_dinov2(sd):
             continue
         out[re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)] = value
     return _rename_swiglu(out)
+
+
+def source_args(obj):
+    """The training arguments a checkpoint carries (upstream saves its argparse.Namespace as 'args'), as a dict of
+    JSON values: what a reader needs to rebuild the model (model, model_arch, input_size, nb_classes, ...)."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    values = vars(args) if hasattr(args, "__dict__") else args if isinstance(args, dict) else {}
+    return {str(k): v for k, v in values.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def checkpoint_filter_fn(obj):

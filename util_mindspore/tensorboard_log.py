@@ -28,10 +28,12 @@ def _summary_writer_class():
 class TensorBoardLog:
     """Rank 0 writes; every rank calls the same methods (the per-step losses are averaged over ranks)."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, args, folder=None, loss_tag="loss/train"):
+        """Scalars into `folder` (default <log_dir>/<task>); the per-step loss under `loss_tag` (MAE pre-training:
+        upstream's `train_loss`)."""
+        self.args, self.loss_tag = args, loss_tag
         self.writer = None
-        if not args.log_dir or args.eval:
+        if not args.log_dir or getattr(args, "eval", False):
             return
         writer_class = _summary_writer_class()
         if writer_class is None:
@@ -40,7 +42,7 @@ class TensorBoardLog:
             return
         self.enabled = True
         if distributed.is_main_process(args):
-            self.writer = writer_class(logdir=os.path.join(args.log_dir, args.task))
+            self.writer = writer_class(logdir=folder or os.path.join(args.log_dir, args.task))
             logger.info("log_dir: %s", self.writer.logdir)
 
     enabled = False
@@ -61,7 +63,7 @@ class TensorBoardLog:
         for it, (loss, lr) in enumerate(zip(losses, lrs)):
             if (it + 1) % accum_iter == 0:
                 x = int((it / steps_per_epoch + epoch) * 1000)
-                self.writer.add_scalar("loss/train", float(loss), x)
+                self.writer.add_scalar(self.loss_tag, float(loss), x)
                 self.writer.add_scalar("lr", float(lr), x)
         self.writer.flush()
 

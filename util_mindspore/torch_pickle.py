@@ -35,6 +35,10 @@ class NotZipCheckpoint(ValueError):
     """Not a torch zip archive: a legacy (torch < 1.6) file, or a truncated / corrupt one."""
 
 
+class DamagedCheckpoint(ValueError):
+    """The archive describes tensors its bytes cannot hold (a cut or forged file): refused before any allocation."""
+
+
 class _Storage:
     def __init__(self, archive, name, dtype):
         self.archive, self.name, self.dtype = archive, name, dtype
@@ -77,13 +81,38 @@ class _Storage:
     def nbytes(self):
         return self.archive.getinfo(self.name).file_size
 
+    @property
+    def itemsize(self):
+        return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
+
+    def check(self, file_size):
+        """The member exists, is stored as torch stores it (never compressed), and lies inside the file: its
+        declared size is then bounded by the file's, so nothing is allocated from a forged size."""
+        try:
+            info = self.archive.getinfo(self.name)
+        except KeyError:
+            raise DamagedCheckpoint(f"tensor storage {self.name} is missing from the archive") from None
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise DamagedCheckpoint(f"tensor storage {self.name} is compressed, which torch.save never does")
+        if info.header_offset + info.file_size > file_size:
+            raise DamagedCheckpoint(f"tensor storage {self.name} claims {info.file_size} bytes, past the file's end")
+
 
 class LazyTensor:
-    """A tensor as the pickle describes it; `to_numpy()` reads its bytes."""
+    """A tensor as the pickle describes it; `to_numpy()` reads its bytes. Its view is checked against its storage
+    when it is built: a tensor that would read past its storage (a cut or forged file) is refused, never read."""
 
     def __init__(self, storage, offset, shape, stride):
         self.storage, self.offset = storage, int(offset)
         self.shape, self.stride = tuple(int(s) for s in shape), tuple(int(s) for s in stride)
+        if len(self.shape) != len(self.stride) or self.offset < 0 or any(v < 0 for v in self.shape + self.stride):
+            raise DamagedCheckpoint(f"tensor of storage {storage.name}: shape {self.shape}, stride {self.stride}, "
+                                    f"offset {self.offset} do not describe a tensor")
+        values = storage.nbytes // storage.itemsize
+        if 0 not in self.shape and self.offset + 1 + sum((n - 1) * s for n, s in zip(self.shape, self.stride)) > \
+                values:
+            raise DamagedCheckpoint(f"a tensor of shape {self.shape} reads past the {values} values of its storage "
+                                    f"{storage.name}")
 
     @property
     def ndim(self):
@@ -127,6 +156,7 @@ class _SafeUnpickler(pickle.Unpickler):
     def __init__(self, fileobj, archive, root, source):
         super().__init__(fileobj)
         self.archive, self.root, self.source = archive, root, source
+        self.file_size = os.path.getsize(source)
 
     def find_class(self, module, name):
         if module == "collections" and name == "OrderedDict":
@@ -146,7 +176,9 @@ class _SafeUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
             raise UnsafePickleError(f"{self.source}: unexpected persistent id {pid!r}")
-        return _Storage(self.archive, f"{self.root}/data/{pid[2]}", _STORAGE_DTYPES[pid[1]])
+        storage = _Storage(self.archive, f"{self.root}/data/{pid[2]}", _STORAGE_DTYPES[pid[1]])
+        storage.check(self.file_size)
+        return storage
 
 
 def load(path):

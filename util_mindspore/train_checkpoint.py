@@ -1,9 +1,12 @@
-"""Our training checkpoint: what it holds, how it is written, read back and restored into a train step.
+"""Our training checkpoints: what they hold, how they are written, read back and restored into a train step.
 
-A checkpoint (.ckpt) holds the model parameters under their PyTorch names (so it is also a valid --finetune
-source), the optimizer's moments and step (`optimizer.*`), the loss scaler (`loss_scale.*`), gradient
-accumulators (`accum.*`), and the epoch, best score, class names and args. A converted published checkpoint is
-read the same way: weights only. Written to a temp file and renamed, by rank 0 only.
+Every checkpoint (.ckpt) holds the model parameters under their PyTorch names (so it is also a valid --finetune
+source) and the epoch, best score, class names and args. Two kinds:
+- "last" (checkpoint-last.ckpt, MAE's checkpoint-<epoch>.ckpt): also the optimizer's moments and step
+  (`optimizer.*`), the loss scaler (`loss_scale.*`) and gradient accumulators (`accum.*`): a run continues from it.
+- "best" (checkpoint-best.ckpt): what evaluation and prediction need, as upstream's checkpoint-best.pth holds the
+  model only: a third of a "last" one (ViT-L: 1.2 GB against 3.6 GB).
+A converted published checkpoint is read the same way: weights only. Written to a temp file and renamed, by rank 0.
 """
 import dataclasses
 import json
@@ -38,14 +41,16 @@ def _jsonable_args(args):
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args, outputs=None):
-    """Model + optimizer + loss scale + epoch + best score + class names + args, atomically. `outputs`: how many
-    rows each output file had when it was saved (a resumed run cuts them back to that)."""
+def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args, outputs=None, kind="last",
+                    extra_meta=None):
+    """Model + epoch + best score + class names + args, atomically; kind "last" adds the optimizer, loss scale and
+    accumulators (a train step's state). `outputs`: how many rows each output file had when it was saved (a
+    resumed run cuts them back to that)."""
     arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
-    if train_step is not None:
+    if train_step is not None and kind == "last":
         arrays.update({p.name: p.asnumpy() for p in train_step.state_parameters()})
-    meta = {"format": CHECKPOINT_FORMAT, "class_names": [printable(c) for c in class_names],
-            "args": _jsonable_args(args), "model": args.model, "outputs": dict(outputs or {})}
+    meta = {"format": CHECKPOINT_FORMAT, "kind": kind, "class_names": [printable(c) for c in class_names or []],
+            "args": _jsonable_args(args), "model": args.model, "outputs": dict(outputs or {}), **(extra_meta or {})}
     save_arrays_ckpt(arrays, path, append_dict={"epoch": int(epoch), "best_score": float(best_score),
                                                 "meta": json.dumps(meta)})
 
@@ -73,6 +78,12 @@ def read_checkpoint(path) -> TrainingCheckpoint:
 
 def is_training_checkpoint(checkpoint):
     return checkpoint.meta.get("format") == CHECKPOINT_FORMAT
+
+
+def holds_training_state(checkpoint):
+    """Whether a run can continue from it: ours, of kind "last" (checkpoints of earlier versions had no kind and
+    always held the state)."""
+    return is_training_checkpoint(checkpoint) and checkpoint.meta.get("kind", "last") == "last"
 
 
 def restore_training_state(checkpoint, train_step, source):

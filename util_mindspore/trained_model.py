@@ -1,41 +1,61 @@
-"""A trained model for inference (export, prediction), with the settings its checkpoint already knows.
+"""What a checkpoint says about the model it holds, for inference (export, prediction, embeddings).
 
 `--resume` may be our .ckpt (which stores the model name, class names and the training arguments), an upstream
-fine-tuned `checkpoint-best.pth`, or a published name (a pre-trained encoder, no head). Whatever the user does not
-give is read from the checkpoint: the classes from `head.weight`, the input size from `pos_embed`'s grid, the
-pooling from `fc_norm` / `norm`. A flag that contradicts the checkpoint stops with one line.
+fine-tuned `checkpoint-best.pth` of any family (whose `args` name the model and input size), one of our MAE
+pre-training checkpoints, or a published name (a pre-trained encoder, no head). Whatever the user does not give is
+read from the checkpoint: the model from its arguments (or its tensors' shapes), the classes from `head.weight`,
+the input size from its arguments or `pos_embed`'s grid, the pooling from `fc_norm` / `norm`. A flag that
+contradicts a fine-tuned checkpoint stops with one line. Building the model is models_vit_mindspore's job
+(`load_trained_model`).
 """
 import dataclasses
 import math
 import os
-from typing import Optional
+from typing import Dict, List, Optional
 
-from mindspore.nn.utils import no_init_parameters
+import numpy as np
 
-import models_vit_mindspore
 from util_mindspore.conversion import download_and_convert_weights
 from util_mindspore.errors import WeightError
-from util_mindspore.train_checkpoint import read_checkpoint
-from util_mindspore.weights import load_arrays_into_model
+from util_mindspore.model_registry import (
+    MODEL_CONFIGS,
+    ModelConfig,
+    UnknownModelError,
+    architectures_like,
+    describe_vit,
+    encoder_config,
+    get_config,
+    published_weights,
+    resolve_model_name,
+)
+from util_mindspore.train_checkpoint import TrainingCheckpoint, read_checkpoint
 
 
 @dataclasses.dataclass
-class TrainedModel:
-    model: object
-    name: str  # registered model name
+class TrainedSpec:
+    """A checkpoint's model, settings and weights, ready to build."""
+
+    name: str  # the registered classifier (or encoder) to build
     input_size: int
     global_pool: bool
-    class_names: Optional[list]  # None for an encoder without a head
+    class_names: Optional[List[str]]  # None for an encoder without a head
+    weights: Dict[str, np.ndarray]
     source: str
+    may_stay_initial: List[str]  # parameters the checkpoint may lack and that keep their initial values
+    embedding: str  # what forward_embedding gives, in words (written into outputs' metadata)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else 0
 
 
-def _checkpoint_path(source, cache_dir):
+def _checkpoint_path(source: str, cache_dir: Optional[str]) -> str:
     if source.endswith(".ckpt") and os.path.isfile(source):
         return source
     return download_and_convert_weights(source, cache_dir)
 
 
-def _grid_input_size(weights, patch_size):
+def _grid_input_size(weights: Dict[str, np.ndarray], patch_size: int) -> Optional[int]:
     """Input size of the square grid pos_embed was trained on (class token + grid**2 rows)."""
     if "pos_embed" not in weights:  # rotary position embeddings (DINOv3): any size
         return None
@@ -44,51 +64,126 @@ def _grid_input_size(weights, patch_size):
     return grid * patch_size if grid * grid == rows else None
 
 
-def load_trained_model(source, model_name=None, nb_classes=None, input_size=None, global_pool=None,
-                       with_head=True, cache_dir=None) -> TrainedModel:
-    """Build `model_name` (default: the checkpoint's, else RETFound_mae) and load `source` into it, strictly.
+def _shape_model(weights: Dict[str, np.ndarray]) -> Optional[str]:
+    """The registered model a checkpoint's tensors describe, when nothing names it: its family from the keys
+    (storage tokens: DINOv3; LayerScale: DINOv2), its size from the patch projection and the blocks."""
+    proj = weights.get("patch_embed.proj.weight")
+    if proj is None or len(proj.shape) != 4:
+        return None
+    depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
+    family = "dinov3" if "storage_tokens" in weights else (
+        "dinov2" if "blocks.0.ls1.gamma" in weights else "vit")
+    names = [n for n in architectures_like(int(proj.shape[0]), depth, int(proj.shape[-1]))
+             if MODEL_CONFIGS[n].family.endswith(family) or (family == "vit" and MODEL_CONFIGS[n].family != "dinov3"
+                                                              and MODEL_CONFIGS[n].layer_scale is None)]
+    preferred = [n for n in names if n.startswith("RETFound")]  # a ViT-L is RETFound's before it is timm's
+    return (preferred or names or [None])[0]
 
-    with_head=False builds the encoder only (embeddings): any checkpoint with the backbone will do; None: the head
-    when the checkpoint has one.
+
+def _model_name(explicit: Optional[str], checkpoint: TrainingCheckpoint, source: str) -> str:
+    """--model, else what the checkpoint names (ours, or upstream's args), the published name's model, the shapes."""
+    if explicit:
+        return explicit
+    upstream = checkpoint.meta.get("source_args", {})
+    for name, arch in ((checkpoint.meta.get("model"), None), (upstream.get("model"), upstream.get("model_arch"))):
+        if name:
+            try:
+                resolved = resolve_model_name(name, arch)
+                get_config(resolved)
+                return resolved
+            except UnknownModelError:
+                continue  # e.g. upstream's default 'vit_large_patch16': fall through to the shapes
+    return published_weights().get(str(source)) or _shape_model(checkpoint.weights) or "RETFound_mae"
+
+
+def read_trained_checkpoint(source: str, model_name: Optional[str] = None, nb_classes: Optional[int] = None,
+                            input_size: Optional[int] = None, global_pool: Optional[bool] = None,
+                            with_head: Optional[bool] = True, cache_dir: Optional[str] = None) -> TrainedSpec:
+    """The model and settings a checkpoint holds, checked against the flags given.
+
+    Args:
+        source: our .ckpt, an upstream .pth / .safetensors, or a published name (what --resume takes).
+        model_name: --model (a registered name); default: the checkpoint's.
+        nb_classes: --nb_classes; must equal the head's classes when given.
+        input_size: --input_size; for a fine-tuned checkpoint it must equal the size it was trained at.
+        global_pool: --global_pool (True) / --cls_token (False); default: what the checkpoint holds.
+        with_head: True: a classifier (refused without a head); False: the encoder only (embeddings);
+            None: the head when the checkpoint has one.
+        cache_dir: the converted-weights cache.
+
+    Returns:
+        A TrainedSpec (models_vit_mindspore.load_trained_model builds it).
     """
     if not source:
         raise WeightError("--resume is required: our .ckpt, an upstream checkpoint-best.pth or a published name")
     checkpoint = read_checkpoint(_checkpoint_path(source, cache_dir))
-    weights, trained_args = checkpoint.weights, checkpoint.meta.get("args", {})
-    model_name = model_name or checkpoint.meta.get("model") or "RETFound_mae"
-    if model_name not in models_vit_mindspore.list_models():
-        raise WeightError(f"--model {model_name} is not a registered model; choose one of: "
-                          f"{', '.join(models_vit_mindspore.list_models())}")
-    if "pos_embed" not in weights and "rope_embed.periods" not in weights:
-        raise WeightError(f"{source} holds no ViT backbone (no pos_embed, no rope_embed)")
-    patch_size = weights["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in weights else 16
-    if input_size is None:
-        input_size = (trained_args.get("input_size") or _grid_input_size(weights, patch_size)
-                      or models_vit_mindspore.default_input_size(model_name))
-    if global_pool is None:
-        global_pool = trained_args.get("global_pool", "fc_norm.weight" in weights)
-    head_classes = weights["head.weight"].shape[0] if "head.weight" in weights else None
-    class_names = checkpoint.class_names
+    weights = checkpoint.weights
+    trained_args = {**checkpoint.meta.get("source_args", {}), **checkpoint.meta.get("args", {})}
+    name = _model_name(model_name, checkpoint, source)
+    config = get_config(name)
+    if not config.is_classifier:  # an MAE pre-training checkpoint: its encoder
+        config = encoder_config(config)
+        name = config.name
+    if "patch_embed.proj.weight" not in weights:
+        raise WeightError(f"{source} holds no ViT backbone (no patch_embed.proj.weight)")
+    _check_architecture(source, config, weights)
+    head_classes = int(weights["head.weight"].shape[0]) if "head.weight" in weights else None
+    finetuned = head_classes is not None
+    known_size = trained_args.get("input_size") or _grid_input_size(weights, config.patch_size)
+    if input_size is not None and known_size and finetuned and int(input_size) != int(known_size):
+        raise WeightError(f"--input_size {input_size} does not fit {source}: it was fine-tuned at {known_size} px "
+                          "(leave --input_size out)")
+    input_size = int(input_size or known_size or config.default_input_size)
     if with_head is None:
-        with_head = head_classes is not None
+        with_head = finetuned
+    has_fc_norm, has_norm = "fc_norm.weight" in weights, "norm.weight" in weights
+    stored_pool = trained_args.get("global_pool") if "global_pool" in trained_args else (
+        True if has_fc_norm else False if has_norm and finetuned else None)
+    if config.global_pool is None:  # DINOv2 / DINOv3: the class token, whatever the flag
+        pool = False
+    elif global_pool is not None:
+        pool = bool(global_pool)
+        if finetuned and with_head and stored_pool is not None and pool != stored_pool:
+            raise WeightError(f"--{'global_pool' if pool else 'cls_token'} does not fit {source}: it was "
+                              f"fine-tuned with {'global pooling (fc_norm)' if stored_pool else 'the class token'}")
+    else:
+        pool = bool(config.global_pool if stored_pool is None else stored_pool)
+    class_names = None
     if with_head:
         if head_classes is None:
             raise WeightError(f"{source} has no classifier head (a pre-trained encoder): export its embeddings "
                               "(--embeddings) or give a fine-tuned checkpoint")
         if nb_classes is not None and nb_classes != head_classes:
             raise WeightError(f"--nb_classes {nb_classes} does not fit {source}: its head has {head_classes} classes")
+        class_names = checkpoint.class_names
         if not class_names or len(class_names) != head_classes:
             class_names = [f"class_{i}" for i in range(head_classes)]
-    else:
-        class_names = None
-    with no_init_parameters():  # every parameter comes from the checkpoint
-        model = models_vit_mindspore.create_model(model_name, img_size=input_size,
-                                                  num_classes=head_classes if with_head else 0,
-                                                  global_pool=global_pool)
-    report = load_arrays_into_model(model, weights, source=source, keep_head=True)
-    if report.missing or report.reinitialized:
-        raise WeightError(f"{source} does not fit --model {model_name}: missing "
-                          f"{', '.join((report.missing + report.reinitialized)[:4])}")
-    model.init_parameters_data()
-    model.set_train(False)
-    return TrainedModel(model, model_name, input_size, bool(global_pool), class_names, source)
+    may_stay_initial = []
+    embedding = _describe_embedding(config, pool)
+    if pool and not has_fc_norm and not with_head:
+        # upstream's latent_feature.ipynb: RETFound_mae(global_pool=True) loads a published encoder non-strictly,
+        # so fc_norm keeps its initial weight 1 / bias 0
+        may_stay_initial = ["fc_norm.weight", "fc_norm.bias"]
+        embedding += ", fc_norm at its initial values (weight 1, bias 0): the checkpoint has none, as " \
+                     "latent_feature.ipynb leaves it"
+    return TrainedSpec(name, input_size, pool, class_names, weights, str(source), may_stay_initial, embedding)
+
+
+def _check_architecture(source: str, config: ModelConfig, weights: Dict[str, np.ndarray]) -> None:
+    """A checkpoint of another size or family stops here, naming what it fits, before a model is built."""
+    proj = weights["patch_embed.proj.weight"]
+    depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
+    held = (int(proj.shape[0]), depth, int(proj.shape[-1]))
+    if held != (config.embed_dim, config.depth, config.patch_size):
+        raise WeightError(f"{source} does not fit --model {config.name} (width {config.embed_dim}, {config.depth} "
+                          f"blocks, patch {config.patch_size}): it holds {describe_vit(*held)}")
+
+
+def _describe_embedding(config: ModelConfig, global_pool: bool) -> str:
+    if config.embedding == "patch_mean_layernorm":
+        return "mean of the normed patch tokens, then a LayerNorm without weights (latent_feature.ipynb's DINOv2)"
+    if config.embedding == "class_token":
+        return "the class token after the final norm (x_norm_clstoken)"
+    if global_pool:
+        return "fc_norm(mean of the patch tokens) (upstream's forward_features, global pool)"
+    return "norm(class token) (upstream's forward_features, --cls_token)"

@@ -13,8 +13,8 @@ if os.environ.get("RETFOUND_TEST_DIGEST_DIR"):
 
     _evaluate = engine.evaluate
 
-    def _evaluate_and_digest(model, loader, args, mode, class_names, *rest):
-        results = _evaluate(model, loader, args, mode, class_names, *rest)
+    def _evaluate_and_digest(model, loader, args, mode, class_names, *rest, **named):
+        results = _evaluate(model, loader, args, mode, class_names, *rest, **named)
         if mode == "val":
             digest = hashlib.sha256()
             for name, param in model.parameters_and_names():

@@ -1,0 +1,109 @@
+"""The table of model facts: every name builds from its row, behaviour follows from the row, the README's model
+table states the rows' parameter counts."""
+import functools
+import math
+import re
+
+import pytest
+from mindspore.nn.utils import no_init_parameters
+
+import models_vit_mindspore as M
+from tests.helpers import ROOT
+from util_mindspore import model_registry as R
+
+
+@functools.cache
+def parameters(name):
+    with no_init_parameters():  # shapes only: nothing is drawn
+        model = M.create_model(name, img_size=224, num_classes=0)
+    return sum(math.prod(p.shape) for p in model.trainable_params())
+
+
+@pytest.mark.parametrize("name", sorted(R.MODEL_CONFIGS))
+def test_every_name_builds_the_architecture_its_row_states(name):
+    config = R.get_config(name)
+    with no_init_parameters():
+        model = M.create_model(name, img_size=2 * config.patch_size * 2, num_classes=3, depth=1)
+    assert model.config.name == name and model.patch_embed.patch_size == config.patch_size
+    assert model.patch_embed.proj.weight.shape == (config.embed_dim, 3, config.patch_size, config.patch_size)
+    assert model.blocks[0].attn.num_heads == config.num_heads and len(model.blocks) == 1
+    assert type(model).__name__ == {"vit": "VisionTransformer", "dinov3": "DinoVisionTransformer",
+                                    "mae": "MaskedAutoencoderViT"}[config.architecture]
+    if config.is_classifier:
+        assert model.num_prefix_tokens == config.num_prefix_tokens
+
+
+def test_readme_model_table_states_the_rows_parameter_counts():
+    """The README's "Choosing a model" table: each size's parameters, computed from our cells."""
+    text = open(f"{ROOT}/README_MindSpore.md", encoding="utf-8").read()
+    table = text.split("## Choosing a model", 1)[1].split("\n## ", 1)[0].split("|---", 1)[1]  # below the header
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    checked = 0
+    for row in rows:
+        names = re.findall(r"`(\w+)`", row.split("|")[1])
+        counts = [c.strip() for c in row.split("|")[3].split("/")]
+        sized = [n for n in names if n in R.MODEL_CONFIGS]
+        assert len(sized) == len(counts), row
+        for name, stated in zip(sized, counts):
+            value = parameters(name)
+            expected = f"{value / 1e9:.1f}B" if value >= 1e9 else f"{round(value / 1e6)}M"
+            assert stated == expected, f"{name}: README says {stated}, the cells hold {expected}"
+            checked += 1
+    assert checked >= 14
+
+
+def test_readme_memory_figures_follow_from_the_parameter_counts():
+    """README: DINOv3 7B's float32 weights, its AdamW fine-tuning (weights, gradients, two moments: 16 bytes a
+    parameter) and ViT-g's."""
+    text = open(f"{ROOT}/README_MindSpore.md", encoding="utf-8").read().replace("\n", " ")
+    big, giant = parameters("dinov3_vit7b16"), parameters("dinov2_vitg14")
+    assert f"{big * 4 / 1e9:.0f} GB in float32 for the weights alone, about {round(big * 16 / 1e10) * 10} GB to" \
+        in text
+    assert f"ViT-g (1.1B) needs about {giant * 16 / 1e9:.0f} GB to fine-tune" in text
+
+
+def test_upstream_family_names_pick_a_size_with_model_arch():
+    assert R.resolve_model_name("Dinov2", "dinov2_vitb14") == "dinov2_vitb14"
+    assert R.resolve_model_name("Dinov3", "dinov3_vith16plus") == "dinov3_vith16plus"
+    assert R.resolve_model_name("RETFound_mae", "dinov3_vits16") == "RETFound_mae"  # ignored, as upstream
+    with pytest.raises(R.UnknownModelError, match="--model Dinov2 --model_arch dinov2_vitx14: choose --model_arch"):
+        R.resolve_model_name("Dinov2", "dinov2_vitx14")
+    with pytest.raises(KeyError, match="unknown model 'RETFound_mea'; choose one of: RETFound_dinov2"):
+        M.create_model("RETFound_mea")
+    assert set(R.upstream_families()) == {"Dinov2", "Dinov3"}
+    assert "mae_vit_large_patch16" not in R.list_models() and "mae_vit_large_patch16" in R.list_models(False)
+
+
+def test_facts_behaviour_follows_from_the_rows():
+    """Defaults come from the rows (upstream's input sizes, DINOv2's LVD-142M loaded as timm loads it, the embedding
+    each family gives), never from a name's spelling."""
+    assert R.get_config("RETFound_mae").default_input_size == 256
+    assert all(R.get_config(n).default_input_size == 224 for n in R.upstream_families()["Dinov2"])
+    assert R.get_config("dinov3_vitl16").default_input_size == 256  # upstream's --input_size, any multiple of 16
+    lvd = R.get_config("RETFound_dinov2").default_weights
+    assert lvd.name == "timm/vit_large_patch14_dinov2.lvd142m/model.safetensors"
+    assert (lvd.pos_embed_resize, lvd.head_init_std) == ("bicubic_antialias", 0.02)
+    assert R.get_config("RETFound_dinov2").finetune == R.FINETUNE == R.WeightsSource("--finetune", "bicubic", 2e-5)
+    assert R.get_config("RETFound_mae").default_weights is None
+    assert {n: R.get_config(n).embedding for n in ("RETFound_mae", "RETFound_dinov2", "dinov3_vits16")} == \
+        {"RETFound_mae": "forward_features", "RETFound_dinov2": "patch_mean_layernorm",
+         "dinov3_vits16": "class_token"}
+    assert R.published_weights()["RETFound_dinov2_meh"] == "RETFound_dinov2"
+    assert R.encoder_config(R.get_config("mae_vit_large_patch16")).name == "RETFound_mae"
+    assert R.architectures_like(384, 12, 16) == ["dinov3_vits16", "dinov3_vits16plus", "vit_small_patch16"]
+
+
+def test_a_new_size_is_one_row():
+    """register() adds a name that every reader then knows (create_model, the trained-model reader, messages)."""
+    row = R.get_config("dinov2_vits14").replace(name="dinov2_vits14_depth3", depth=3, summary="a test size")
+    R.register(row)
+    try:
+        with no_init_parameters():
+            model = M.create_model("dinov2_vits14_depth3", img_size=28, num_classes=2)
+        assert len(model.blocks) == 3 and "dinov2_vits14_depth3" in R.architectures_like(384, 3, 14)
+        with pytest.raises(ValueError, match="already registered"):
+            R.register(row)
+    finally:
+        R.unregister("dinov2_vits14_depth3")
+    with pytest.raises(TypeError, match="unknown model arguments depthh"):
+        R.get_config("RETFound_mae").replace(depthh=2)

@@ -1,0 +1,81 @@
+"""The README's Python blocks run as written: the deployment snippet against files made by the README's own export
+command, and the published-weights snippet (ViT-L) against a loopback hub serving a file in the published layout."""
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+
+import mindspore as ms
+import numpy as np
+import pytest
+from PIL import Image
+
+import export_mindspore
+import models_vit_mindspore
+from tests import checkpoint_layouts as layouts
+from tests.conftest import require
+from tests.helpers import ROOT, TINY, TOKEN, publish
+from util_mindspore.train_checkpoint import save_checkpoint
+from util_mindspore.transforms import EvalTransform
+
+README = open(os.path.join(ROOT, "README_MindSpore.md"), encoding="utf-8").read()
+
+
+def python_blocks():
+    return re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def block_with(text):
+    found = [b for b in python_blocks() if text in b]
+    assert len(found) == 1, f"one README Python block uses {text}"
+    return found[0]
+
+
+def test_every_python_block_is_run_by_a_test():
+    assert len(python_blocks()) == 2
+    assert block_with("ExportedModel") and block_with('pretrained="RETFound_mae_meh"')
+
+
+def test_the_deployment_snippet_runs_on_the_files_the_readme_export_command_writes(tmp_path, monkeypatch):
+    for package in ("onnxruntime", "openvino"):
+        require(importlib.util.find_spec(package), package)
+    command = next(line for line in README.splitlines()
+                   if line.startswith("python export_mindspore.py") and "--name model" in line)
+    argv = shlex.split(command)[2:]
+    argv[argv.index("--resume") + 1] = str(tmp_path / "checkpoint-best.ckpt")
+    model = models_vit_mindspore.create_model(TINY, img_size=48, num_classes=3)
+    model.set_train(False)
+    save_checkpoint(str(tmp_path / "checkpoint-best.ckpt"), model, None, 4, 0.8, ["normal", "DR", "AMD"],
+                    argparse.Namespace(model=TINY, input_size=48, global_pool=True, nb_classes=3))
+    monkeypatch.chdir(tmp_path)
+    assert export_mindspore.run(argv) == 0
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray((rng.random((300, 400, 3)) * 255).astype(np.uint8)) for _ in range(2)]
+    for i, photo in enumerate(photos, 1):
+        photo.save(tmp_path / f"photo{i}.jpg", quality=95)
+    namespace = {}
+    exec(compile(block_with("ExportedModel"), "README_MindSpore.md", "exec"), namespace)
+    transform = EvalTransform(48)
+    expected_input = []
+    for i in (1, 2):
+        with Image.open(tmp_path / f"photo{i}.jpg") as image:
+            expected_input.append(transform(image))
+    np.testing.assert_array_equal(namespace["batch"], np.stack(expected_input))
+    expected = model(ms.Tensor(namespace["batch"])).asnumpy()
+    for name in ("logits", "logits_openvino", "logits_mindir"):
+        assert np.abs(namespace[name] - expected).max() <= 1e-4, name
+    assert namespace["exported"].top_classes(expected) == namespace["exported"].top_classes(namespace["logits"])
+
+
+@pytest.mark.vitl
+def test_the_published_weights_snippet_loads_retfound_mae_meh(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained, name="RETFound_mae")
+    namespace = {}
+    exec(compile(block_with('pretrained="RETFound_mae_meh"'), "README_MindSpore.md", "exec"), namespace)
+    model = namespace["model"]
+    assert len(model.blocks) == 24 and model.head.weight.shape == (5, 1024) and model.global_pool
+    import torch
+    published = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    np.testing.assert_array_equal(model.blocks[23].mlp.fc2.weight.asnumpy(), published["blocks.23.mlp.fc2.weight"])
