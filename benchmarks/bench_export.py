@@ -1,10 +1,12 @@
-"""Inference of exported files against the frameworks: PyTorch, MindSpore, onnxruntime (ONNX), GraphCell (MindIR).
+"""Inference of exported files against the frameworks: PyTorch, MindSpore, onnxruntime (ONNX), GraphCell (MindIR),
+OpenVINO (IR) in float32 and in bfloat16.
 
     python benchmarks/bench_export.py                    # ViT-L/16 (RETFound_mae) 224, batch 4, 2 rounds
 
 Exports a random-weight model once with util_mindspore/export.py (dynamic batch, verified as export_mindspore.py
-verifies), then runs bench_vit.py for each runtime in turn (fresh processes, A B C D A B C D); prints a Markdown
-table of median img/s and peak RSS, each against PyTorch's.
+verifies), then runs bench_vit.py for each runtime in turn (fresh processes, A B C D E F A B C D E F); prints a
+Markdown table of median img/s and peak RSS, each against PyTorch's. OpenVINO bfloat16 runs only on CPUs with
+bfloat16 arithmetic (elsewhere its row says failed).
 """
 import argparse
 import json
@@ -19,7 +21,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from run import bench, machine  # noqa: E402
 
-RUNTIMES = ("torch", "mindspore", "onnxruntime", "mindir")
+# (row, bench_vit.py framework, exported format, extra flags)
+RUNTIMES = (("torch", "torch", None, ()), ("mindspore", "mindspore", None, ()),
+            ("onnxruntime", "onnxruntime", "onnx", ()), ("mindir", "mindir", "mindir", ()),
+            ("openvino float32", "openvino", "openvino", ("--precision", "float32")),
+            ("openvino bfloat16", "openvino", "openvino", ("--precision", "bfloat16")))
 
 
 def export_files(args, folder):
@@ -55,17 +61,16 @@ def main():
     subprocess.run([sys.executable, __file__, "--model", args.model, "--input_size", str(args.input_size),
                     "--export_to", folder], check=True)
     files = {}
-    for fmt in ("mindir", "onnx"):
+    for fmt in ("mindir", "onnx", "openvino"):
         with open(os.path.join(folder, f"{fmt}.txt")) as fh:
             files[fmt] = os.path.join(folder, fh.read())
     compile_cache = os.path.join(folder, "compile")
     results = {}
     for _ in range(args.rounds):
-        for runtime in RUNTIMES:
-            exported = files.get({"onnxruntime": "onnx", "mindir": "mindir"}.get(runtime))
-            extra = ["--exported", exported] if exported else []
-            out = bench(runtime, "infer", args.batch_size, args, compile_cache, extra)
-            results.setdefault(runtime, []).append(out)
+        for row, framework, fmt, flags in RUNTIMES:
+            extra = ["--exported", files[fmt], *flags] if fmt else []
+            out = bench(framework, "infer", args.batch_size, args, compile_cache, extra)
+            results.setdefault(row, []).append(out)
             print(json.dumps(out), file=sys.stderr, flush=True)
     print(f"Machine: {machine()}\n")
     print(f"Model: {args.model} at {args.input_size} px, float32, inference batch {args.batch_size}, {args.rounds} "
@@ -73,12 +78,12 @@ def main():
     print("| runtime | img/s | speed vs PyTorch | peak RSS | RSS vs PyTorch |")
     print("|---|---|---|---|---|")
     medians = {}
-    for runtime in RUNTIMES:
+    for runtime, *_ in RUNTIMES:
         runs = [r for r in results[runtime] if "error" not in r]
         if runs:
             medians[runtime] = {k: statistics.median(r[k] for r in runs) for k in ("img_per_s", "peak_rss_mb")}
     torch = medians.get("torch")
-    for runtime in RUNTIMES:
+    for runtime, *_ in RUNTIMES:
         m = medians.get(runtime)
         if m is None or torch is None:
             print(f"| {runtime} | failed: {results[runtime][-1].get('error')} | | | |")

@@ -1,13 +1,17 @@
-"""Prediction on a folder of fundus-sized JPEGs: predict_mindspore.py's code path against upstream's model in torch
-with upstream's evaluation pipeline (torchvision ImageFolder + its eval transform + DataLoader), alternately.
+"""Prediction on a folder of fundus-sized JPEGs: predict_mindspore.py's code path with each of its runtimes
+(MindSpore, onnxruntime, OpenVINO float32 and bfloat16) against upstream's model in torch with upstream's
+evaluation pipeline (torchvision ImageFolder + its eval transform + DataLoader), alternately.
 
     python benchmarks/bench_predict.py                          # RETFound_mae (ViT-L) 224, 64 images, 2 rounds
-    python benchmarks/bench_predict.py --model vit_tiny_patch16 --images 32 --rounds 1
+    python benchmarks/bench_predict.py --model vit_tiny_patch16 --images 32 --rounds 1 --runtimes torch,mindspore
 
-Both read the same files with the same preprocessing (shorter side to 256, bicubic, centre 224 crop, ImageNet
-normalisation) with 2 decoding workers and batch 16, and predict class probabilities. Reported: images per second
-after the first batch (which holds MindSpore's graph compilation), the whole loop's time, and peak RSS. A second
-table runs the tiny model over 200 and 2,000 small images: predict's peak RSS must not grow with the count.
+All read the same files with the same preprocessing (shorter side to 256, bicubic, centre 224 crop, ImageNet
+normalisation) with 2 decoding workers and batch 16, and predict class probabilities. onnxruntime and OpenVINO run
+the files export_mindspore.py writes (exported once, before the rounds, as predict's cache does once per model);
+OpenVINO bfloat16 also runs its first batch in float32 to report how far it moved the results, as predict does.
+Reported: images per second after the first batch (which holds MindSpore's graph compilation), the whole loop's
+time, and peak RSS. A second table runs the tiny model over 200 and 2,000 small images: predict's peak RSS must not
+grow with the count.
 """
 import argparse
 import json
@@ -30,6 +34,9 @@ sys.path.insert(0, HERE)
 from run import machine  # noqa: E402
 
 NUM_CLASSES = 5
+# row: (predict's --runtime, the exported file it reads or None for the checkpoint, --precision)
+RUNTIMES = {"mindspore": ("mindspore", None, "float32"), "onnxruntime": ("onnxruntime", "onnx", "float32"),
+            "openvino float32": ("openvino", "xml", "float32"), "openvino bfloat16": ("openvino", "xml", "bfloat16")}
 
 
 def make_images(folder, count, size, seed=0):
@@ -71,26 +78,41 @@ class FirstBatchClock:
         return out
 
 
-def run_mindspore(args):
-    """predict_mindspore.py's own functions, timed around its prediction loop."""
+def export_files(checkpoint, folder):
+    """The checkpoint as ONNX and OpenVINO IR, through export_mindspore.py (verified as a user's export is)."""
+    import export_mindspore
+    code = export_mindspore.run(["--resume", checkpoint, "--format", "onnx,openvino", "--output_dir", folder,
+                                 "--name", "model"])
+    if code:
+        raise SystemExit(code)
+
+
+def run_predict(args):
+    """predict_mindspore.py's own functions with the row's runtime, timed around its prediction loop."""
     import predict_mindspore
     from util_mindspore.image_sources import list_images
     from util_mindspore.prediction_outputs import PredictionWriter
 
+    kind, exported, precision = RUNTIMES[args.runtime]
+    resume = os.path.splitext(args.checkpoint)[0] + f".{exported}" if exported else args.checkpoint
     pargs = predict_mindspore.get_args_parser().parse_args(
-        ["--resume", args.checkpoint, "--data_path", args.data, "--output_dir", args.out, "--batch_size",
-         str(args.batch_size), "--num_workers", str(args.workers), "--device", "CPU"])
+        ["--resume", resume, "--data_path", args.data, "--output_dir", args.out, "--batch_size",
+         str(args.batch_size), "--num_workers", str(args.workers), "--device", "CPU", "--runtime", kind,
+         "--precision", precision, "--precision_sample", str(args.batch_size)])
     predict_mindspore.check_args(pargs)
     runtime = predict_mindspore.build_runtime(pargs)
-    predict_mindspore.check_runtime(pargs, runtime)
+    target = predict_mindspore.check_runtime(pargs, runtime)
     items = list_images(pargs.data_path, runtime.class_names)
     os.makedirs(pargs.output_dir, exist_ok=True)
     writer = PredictionWriter(pargs.output_dir, len(items), runtime.class_names, False, None, None)
     clock = FirstBatchClock(runtime)
     started = time.perf_counter()
-    predict_mindspore.predict(pargs, clock, items, writer, None)
+    predict_mindspore.predict(pargs, clock, items, writer, None, target)
     ended = time.perf_counter()
     writer.close(keep=True)
+    check = getattr(runtime, "precision_check", lambda: None)()
+    if check:
+        print(check, file=sys.stderr)
     return len(items), started, clock.first, ended
 
 
@@ -119,7 +141,7 @@ def run_torch(args):
 
 
 def child(args):
-    count, started, first, ended = (run_torch if args.runtime == "torch" else run_mindspore)(args)
+    count, started, first, ended = (run_torch if args.runtime == "torch" else run_predict)(args)
     steady = (count - min(count, args.batch_size)) / (ended - first) if ended > first else float("nan")
     print(json.dumps({"runtime": args.runtime, "images": count, "img_per_s": round(steady, 3),
                       "loop_s": round(ended - started, 1),
@@ -132,8 +154,10 @@ def bench(runtime, args, data, checkpoint, out, model=None, input_size=None):
                "--batch_size", str(args.batch_size), "--workers", str(args.workers)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {"runtime": runtime, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    check = [line for line in done.stderr.splitlines() if line.startswith("bfloat16 against float32")]
+    return {**result, "precision_check": check[-1]} if check else result
 
 
 def main():
@@ -145,7 +169,9 @@ def main():
     parser.add_argument("--batch_size", default=16, type=int)
     parser.add_argument("--workers", default=2, type=int)
     parser.add_argument("--rounds", default=2, type=int)
-    parser.add_argument("--child", default=None, choices=["torch", "mindspore"], help=argparse.SUPPRESS)
+    parser.add_argument("--runtimes", default=",".join(["torch", *RUNTIMES]),
+                        help="comma-separated rows: torch, " + ", ".join(RUNTIMES))
+    parser.add_argument("--child", default=None, choices=["torch", *RUNTIMES], help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default=None, help=argparse.SUPPRESS)
     for hidden in ("--data", "--checkpoint", "--out"):
         parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
@@ -159,9 +185,13 @@ def main():
     checkpoint = os.path.join(work, "model.ckpt")
     subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import bench_predict; "
                     f"bench_predict.make_checkpoint({checkpoint!r}, {args.model!r}, {args.input_size})"], check=True)
+    rows = args.runtimes.split(",")
+    if any(RUNTIMES.get(row, (None, None))[1] for row in rows):
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import bench_predict; "
+                        f"bench_predict.export_files({checkpoint!r}, {work!r})"], check=True)
     results = {}
     for _ in range(args.rounds):
-        for runtime in ("torch", "mindspore"):
+        for runtime in rows:
             out = bench(runtime, args, data, checkpoint, os.path.join(work, "out"))
             results.setdefault(runtime, []).append(out)
             print(json.dumps(out), file=sys.stderr, flush=True)
@@ -178,19 +208,25 @@ def main():
     print(f"Machine: {machine()}\n")
     print(f"{args.model} at {args.input_size} px, float32, {args.images} JPEGs of {args.image_px} px, batch "
           f"{args.batch_size}, {args.workers} decoding workers, {args.rounds} rounds\n")
-    print("| runtime | img/s after the first batch | loop time | peak RSS |")
-    print("|---|---|---|---|")
+    print("| runtime | img/s after the first batch | speed vs PyTorch | loop time | peak RSS | RSS vs PyTorch |")
+    print("|---|---|---|---|---|---|")
     medians = {}
-    for runtime in ("torch", "mindspore"):
+    for runtime in rows:
         runs = [r for r in results[runtime] if "error" not in r]
         if not runs:
-            print(f"| {runtime} | failed: {results[runtime][-1]['error']} | | |")
+            print(f"| {runtime} | failed: {results[runtime][-1]['error']} | | | | |")
             continue
         medians[runtime] = {k: statistics.median(r[k] for r in runs) for k in ("img_per_s", "loop_s", "peak_rss_mb")}
-        m = medians[runtime]
-        print(f"| {runtime} | {m['img_per_s']:.3f} | {m['loop_s']:.0f} s | {m['peak_rss_mb'] / 1024:.1f} GB |")
-    if len(medians) == 2:
-        print(f"\nspeed MindSpore / torch: {medians['mindspore']['img_per_s'] / medians['torch']['img_per_s']:.2f}x\n")
+        m, t = medians[runtime], medians.get("torch")
+        versus = (f"{m['img_per_s'] / t['img_per_s']:.2f}x", f"{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}x") \
+            if t else ("", "")
+        print(f"| {runtime} | {m['img_per_s']:.3f} | {versus[0]} | {m['loop_s']:.0f} s | "
+              f"{m['peak_rss_mb'] / 1024:.1f} GB | {versus[1]} |")
+    for runtime in rows:
+        checks = [r["precision_check"] for r in results[runtime] if "precision_check" in r]
+        if checks:
+            print(f"\n{runtime}: {checks[-1]}")
+    print()
     print("| images (tiny model, 96 px JPEGs) | predict peak RSS |")
     print("|---|---|")
     for count, r in memory.items():

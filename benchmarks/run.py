@@ -1,7 +1,8 @@
 """Run bench_vit.py for both frameworks alternately (A B A B, fresh processes); print a Markdown table.
 
-    python benchmarks/run.py                      # ViT-L/16 224: train batch 2, inference batch 4, 2 rounds
-    python benchmarks/run.py --rounds 3 --model vit_base_patch16
+    python benchmarks/run.py                      # ViT-L/16 224: train batch 2, inference batch 4, MAE batch 8
+    python benchmarks/run.py --rounds 3 --model vit_base_patch16 --work train,infer
+    python benchmarks/run.py --work pretrain      # one MAE pre-training step (mae_vit_large_patch16) only
 
 Medians are pooled over rounds. MindSpore's first step includes graph compilation: all rounds share one fresh
 compile cache, so round 1 compiles ("cold") and later rounds load the cache ("cached", as a second run of the
@@ -17,7 +18,7 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKLOADS = [("train", 2), ("infer", 4)]
+WORKLOADS = {"train": 2, "infer": 4, "pretrain": 8}  # work: batch size
 
 
 def machine():
@@ -43,8 +44,9 @@ def machine():
 
 
 def bench(framework, mode, batch, args, compile_cache, extra=()):
+    model = getattr(args, "pretrain_model", None) if mode == "pretrain" else args.model
     command = [sys.executable, os.path.join(HERE, "bench_vit.py"), "--framework", framework, "--mode", mode,
-               "--batch_size", str(batch), "--model", args.model, "--input_size", str(args.input_size),
+               "--batch_size", str(batch), "--model", model, "--input_size", str(args.input_size),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--compile_cache_dir", compile_cache,
                *extra]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -57,25 +59,28 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="RETFound_mae")
     parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--pretrain_model", default="mae_vit_large_patch16", help="the MAE of the pretrain work")
+    parser.add_argument("--work", default="train,infer,pretrain", help="comma-separated: train, infer, pretrain")
     parser.add_argument("--rounds", default=2, type=int)
     parser.add_argument("--steps", default=5, type=int)
     parser.add_argument("--warmup", default=10, type=int, help="untimed steps after the first (see bench_vit.py)")
     args = parser.parse_args()
+    workloads = [(work, WORKLOADS[work]) for work in args.work.split(",")]
     results = {}
     compile_cache = tempfile.mkdtemp(prefix="retfound_bench_compile_")
     for _ in range(args.rounds):
-        for mode, batch in WORKLOADS:
+        for mode, batch in workloads:
             for framework in ("torch", "mindspore"):
                 out = bench(framework, mode, batch, args, compile_cache)
                 results.setdefault((mode, batch, framework), []).append(out)
                 print(json.dumps(out), file=sys.stderr, flush=True)
     print(f"Machine: {machine()}\n")
-    print(f"Model: {args.model} at {args.input_size} px, float32, {args.rounds} rounds of {args.steps} timed steps "
-          f"after {1 + args.warmup} untimed ones\n")
+    print(f"Model: {args.model} (pretrain: {args.pretrain_model}) at {args.input_size} px, float32, {args.rounds} "
+          f"rounds of {args.steps} timed steps after {1 + args.warmup} untimed ones\n")
     print("| work | PyTorch img/s | MindSpore img/s | speed ratio | PyTorch peak RSS | MindSpore peak RSS | RSS ratio "
           "| first step torch / ms cold / ms cached | ms to first step cold / cached |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for mode, batch in WORKLOADS:
+    for mode, batch in workloads:
         row = {}
         for framework in ("torch", "mindspore"):
             runs = [r for r in results[(mode, batch, framework)] if "error" not in r]
