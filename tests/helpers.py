@@ -64,11 +64,12 @@ def script(name, *argv, cwd=None, env=None, timeout=900):
                           cwd=cwd or ROOT, env=environment, timeout=timeout)
 
 
-def publish(hub, tmp_path, name, writer, **kwargs):
-    """Write a checkpoint with `writer` and serve it from the loopback hub as YukunZhou/<name>/<name>.pth."""
-    path = str(tmp_path / f"{name}.pth")
+def publish(hub, tmp_path, repo_name, writer, **kwargs):
+    """Write a checkpoint with `writer` and serve it from the loopback hub as YukunZhou/<repo_name>/<repo_name>.pth
+    (kwargs go to the writer, whose model may be called `name`)."""
+    path = str(tmp_path / f"{repo_name}.pth")
     writer(path, **kwargs)
-    hub.add(f"YukunZhou/{name}", f"{name}.pth", path, gated=True)
+    hub.add(f"YukunZhou/{repo_name}", f"{repo_name}.pth", path, gated=True)
     return path
 
 

@@ -38,7 +38,12 @@ def assert_forward_matches(ref, ours, size, what, batch=2):
         our_loss, our_pred, our_mask = ours(ms.Tensor(images), 0.75, ms.Tensor(noise))
         assert_within(f"{what} loss, relative ({mode})", abs(float(our_loss.asnumpy()) - loss.item()) / loss.item(),
                       1e-5)
-        assert_within(f"{what} prediction ({mode})", np.abs(our_pred.asnumpy() - pred.numpy()).max(), 1e-5)
+        # relative to max(1, |prediction|), as the export bounds: at ViT-L the predictions reach ~4, and the two
+        # frameworks' matmul kernels sum in different orders (one fc2: 1.6e-5 apart at outputs of ~17; torch's own
+        # fused and explicit attention give predictions 7.6e-6 apart)
+        scale = max(1.0, float(np.abs(pred.numpy()).max()))
+        assert_within(f"{what} prediction, relative ({mode})", np.abs(our_pred.asnumpy() - pred.numpy()).max() / scale,
+                      1e-5)
         np.testing.assert_array_equal(our_mask.asnumpy(), mask.numpy())
     set_mode("graph")
 
@@ -83,8 +88,8 @@ def test_without_noise_the_mask_is_drawn_and_keeps_a_quarter():
 
 
 @pytest.mark.vitl
-@pytest.mark.parametrize("norm_pix_loss", [False, True])
-def test_vit_large_mae_equals_upstream(norm_pix_loss):
-    """RETFound's pre-training model, mae_vit_large_patch16, at full size."""
-    ref, ours = mae_twin("mae_vit_large_patch16", 224, norm_pix_loss)
-    assert_forward_matches(ref, ours, 224, f"mae_vit_large_patch16 norm_pix_loss={norm_pix_loss} (ViT-L)")
+def test_vit_large_mae_equals_upstream():
+    """RETFound's pre-training model, mae_vit_large_patch16, at full size, with upstream's default norm_pix_loss
+    (the prediction does not depend on it; both settings of the loss are checked on ViT-B above)."""
+    ref, ours = mae_twin("mae_vit_large_patch16", 224, False)
+    assert_forward_matches(ref, ours, 224, "mae_vit_large_patch16 (ViT-L)")

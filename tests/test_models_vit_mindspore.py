@@ -137,6 +137,3 @@ def test_dinov2_small_and_base_at_full_depth_match_timm(name, bound):
     assert_twin_logits(name, 224, bound, f"{name} 224px full depth")
 
 
-@pytest.mark.vitl
-def test_dinov2_large_at_full_depth_matches_timm():
-    assert_twin_logits("dinov2_vitl14", 224, 2e-5, "dinov2_vitl14 224px full depth (ViT-L)")
