@@ -72,11 +72,9 @@ class Linear(PolicyCell):
     def construct(self, x):
         shape = x.shape
         dtype = self.matmul_dtype
-        bias = None
+        out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
         if self.bias is not None:
             bias = self.bias * self.bias_mask if self.bias_mask is not None else self.bias
-        out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
-        if bias is not None:
             add = self.cpu_bias_add if self.cpu_forms else self.bias_add
             out = add(out, cast(bias, dtype))
         return cast(out.reshape(shape[:-1] + (-1,)), self.matmul_out_dtype)
