@@ -11,10 +11,10 @@ interrupted one continues from its checkpoint-last.ckpt, so a crash costs at mos
 <output_dir>/results.csv and results.md (one row per model, dataset and metric), runs.csv (every run).
 A model is NAME, NAME=WEIGHTS (--finetune), or Dinov2:dinov2_vitb14 / Dinov3:dinov3_vitl16[=WEIGHTS].
 """
-if __name__ == "__main__":  # first: Ctrl-C / SIGTERM stop between runs (util_mindspore/cli.py)
-    from util_mindspore import cli as _cli
+if __name__ == "__main__":  # first: Ctrl-C / SIGTERM stop between runs (util_mindspore/cli/startup.py)
+    from util_mindspore.cli import startup as _startup
 
-    _cli.prepare_process(signals=True)
+    _startup.prepare_process(signals=True)
 
 import csv
 import dataclasses
@@ -27,11 +27,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from util_mindspore import interrupts
-from util_mindspore.atomic_files import atomic_write
-from util_mindspore.errors import ArgumentError, exit_code
-from util_mindspore.metrics import METRIC_COLUMNS
-from util_mindspore.run_options import new_parser
+from util_mindspore.cli.options import new_parser
+from util_mindspore.cli.startup import exit_code
+from util_mindspore.errors import ArgumentError
+from util_mindspore.evaluation.metrics import METRIC_COLUMNS
+from util_mindspore.files.atomic import atomic_write
+from util_mindspore.process import interrupts
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TRAIN_SCRIPT = os.path.join(ROOT, "main_finetune_mindspore.py")

@@ -6,26 +6,30 @@
 
 The converted .ckpt is cached (see --cache_dir); later runs and training reuse it without downloading.
 """
-if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (util_mindspore/cli.py)
-    from util_mindspore import cli as _cli
+if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (cli/startup.py)
+    from util_mindspore.cli import startup as _startup
 
-    _cli.prepare_process(signals=False)
+    _startup.prepare_process(signals=False)
 
+import argparse
 import sys
 from typing import List, Optional
 
 import mindspore as ms
 import numpy as np
 
-import models_vit_mindspore
-from util_mindspore.cli import run_main
-from util_mindspore.conversion import download_and_convert_weights
-from util_mindspore.model_registry import published_weights, resolve_model_name
-from util_mindspore.run_options import model_choices, new_parser
-from util_mindspore.weights import load_pretrained_weights
+from util_mindspore.checkpoints.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.trained_model import model_of_checkpoint
+from util_mindspore.cli.options import input_size_help, model_choices, new_parser
+from util_mindspore.cli.startup import run_main
+from util_mindspore.models.factory import create_model, num_params
+from util_mindspore.models.weights import load_pretrained_weights
+from util_mindspore.registry import get_config, published_weights, resolve_model_name
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
+    """The weights to convert and the model to load them into."""
     parser = new_parser(__doc__.split("\n\n")[0])
     source = parser.add_argument_group("weights")
     source.add_argument("--finetune", required=True,
@@ -39,28 +43,32 @@ def get_args_parser():
     source.add_argument("--force", action="store_true", help="convert again even when the cache is valid")
     model = parser.add_argument_group("model to load them into")
     model.add_argument("--model", default=None, metavar="MODEL",
-                       help=f"default: the published name's model, else RETFound_mae; {model_choices()}")
+                       help=f"default: the published name's model, else the one the checkpoint's shapes fit; "
+                            f"{model_choices()}")
     model.add_argument("--model_arch", default=None, help="the size of --model Dinov2 / Dinov3")
     model.add_argument("--nb_classes", default=5, type=int, help="classes of the new head")
-    model.add_argument("--input_size", default=224, type=int, help="image size in pixels")
+    model.add_argument("--input_size", default=None, type=int, help=input_size_help())
     model.add_argument("--global_pool", action="store_true", default=None, help="classify the mean of patch tokens")
     model.add_argument("--cls_token", action="store_false", dest="global_pool", help="classify the class token")
     return parser
 
 
-def main(args) -> int:
-    model_name = resolve_model_name(args.model, args.model_arch) if args.model else None
-    model_name = model_name or published_weights().get(args.finetune, "RETFound_mae")
-    model = models_vit_mindspore.create_model(model_name, img_size=args.input_size, num_classes=args.nb_classes,
-                                              global_pool=args.global_pool)
+def main(args: argparse.Namespace) -> int:
+    """Convert (or find in the cache), pick the model, load, one forward."""
     path = download_and_convert_weights(args.finetune, args.cache_dir, token=args.token, revision=args.revision,
-                                           force=args.force)
+                                        force=args.force)
+    model_name = resolve_model_name(args.model, args.model_arch) if args.model else \
+        published_weights().get(args.finetune) or model_of_checkpoint(read_checkpoint(path).weights, args.finetune)
+    config = get_config(model_name)
+    args.input_size = args.input_size or config.default_input_size
+    model = create_model(model_name, img_size=args.input_size, num_classes=args.nb_classes,
+                         global_pool=args.global_pool if config.global_pool is not None else None)
     report = load_pretrained_weights(model, path)  # the .ckpt just made: no second hub request
     model.set_train(False)
     batch = np.random.default_rng(0).standard_normal((2, 3, args.input_size, args.input_size)).astype(np.float32)
     logits = model(ms.Tensor(batch))
     print(f"converted checkpoint: {path}")
-    print(f"model: {model_name} ({models_vit_mindspore.num_params(model) / 1e6:.2f} M parameters)")
+    print(f"model: {model_name} ({num_params(model) / 1e6:.2f} M parameters)")
     print(f"load report: {report}")
     finite = bool(np.isfinite(logits.asnumpy()).all())
     print(f"forward on a random batch: logits {tuple(logits.shape)}, finite: {finite}")

@@ -6,14 +6,14 @@
     python export_mindspore.py --resume checkpoint-best.ckpt --format openvino     # IR for OpenVINO on CPU servers
 
 Writes <output_dir>/<name>.mindir, <name>.onnx and/or <name>.xml + <name>.bin, and <name>.json: what a deployer
-needs to feed the files (input shape, preprocessing, class names; util_mindspore/deployment.py reads it) and how
-they were verified. The model's settings (model, classes, input size, pooling) come from the checkpoint where it
+needs to feed the files (input shape, preprocessing, class names; util_mindspore/inference/deployment.py reads
+it) and how they were verified. The model's settings (model, classes, input size, pooling) come from the checkpoint where it
 has them; flags given must agree with it.
 """
-if __name__ == "__main__":  # first, before MindSpore is imported: signals and MindSpore's log (util_mindspore/cli.py)
-    from util_mindspore import cli as _cli
+if __name__ == "__main__":  # first, before MindSpore is imported: signals, MindSpore's log (cli/startup.py)
+    from util_mindspore.cli import startup as _startup
 
-    _cli.prepare_process()
+    _startup.prepare_process()
 
 import argparse
 import json
@@ -25,11 +25,12 @@ from typing import List, Optional
 import mindspore as ms
 
 import models_vit_mindspore
-from util_mindspore import export, interrupts, run_lock
-from util_mindspore.atomic_files import atomic_write, remove_stale_temporaries
-from util_mindspore.cli import run_main
-from util_mindspore.model_registry import resolve_model_name
-from util_mindspore.run_options import add_compute_options, model_choices, new_parser
+from util_mindspore.cli.options import add_compute_options, model_choices, new_parser
+from util_mindspore.cli.startup import run_main
+from util_mindspore.files.atomic import atomic_write, remove_stale_temporaries
+from util_mindspore.inference import export
+from util_mindspore.process import interrupts, run_lock
+from util_mindspore.registry import resolve_model_name
 
 ENTRY_SCRIPT = False
 

@@ -7,10 +7,10 @@ reconstruction, reconstruction with the visible patches pasted back) for any MAE
 As the notebook: each image resized to --input_size, /255, ImageNet's mean and std; --mask_ratio of its patches
 removed by a seeded random mask. One PNG (and PDF) per image in --output_dir, named from its path.
 """
-if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (util_mindspore/cli.py)
-    from util_mindspore import cli as _cli
+if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's log (cli/startup.py)
+    from util_mindspore.cli import startup as _startup
 
-    _cli.prepare_process(signals=False)
+    _startup.prepare_process(signals=False)
 
 import os
 import sys
@@ -19,20 +19,22 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image
 
-import models_vit_mindspore
-from models_mae_mindspore import reconstruction_panels
-from util_mindspore import device, figures
-from util_mindspore.cli import run_main
-from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.conversion import checkpoint_file
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.trained_model import model_of_checkpoint
+from util_mindspore.cli.options import add_compute_options, check_ranges, input_size_help, new_parser
+from util_mindspore.cli.startup import run_main
+from util_mindspore.data.image_sources import list_images
+from util_mindspore.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from util_mindspore.errors import ArgumentError
-from util_mindspore.file_names import output_path
-from util_mindspore.image_sources import list_images
-from util_mindspore.model_registry import MODEL_CONFIGS
-from util_mindspore.run_options import add_compute_options, check_ranges, new_parser
-from util_mindspore.train_checkpoint import read_checkpoint
-from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD
+from util_mindspore.evaluation import figures
+from util_mindspore.files.names import output_path
+from util_mindspore.models.factory import create_model
+from util_mindspore.process import device
+from util_mindspore.registry import get_config, list_models
+from util_mindspore.training.pretraining import mask_ratio_problems, reconstruction_panels
 
-MAE_MODELS = sorted(name for name, config in MODEL_CONFIGS.items() if config.architecture == "mae")
+MAE_MODELS = list_models(architecture="mae")
 ENTRY_SCRIPT = False
 
 
@@ -44,8 +46,9 @@ def get_args_parser():
     parser.add_argument("--data_path", required=True, help="a folder of images (recursive), one image, or a .csv")
     parser.add_argument("--output_dir", default="./reconstructions", help="where the pictures go")
     parser.add_argument("--model", default=None, metavar="MODEL",
-                        help=f"default: the checkpoint's, else mae_vit_large_patch16; one of: {', '.join(MAE_MODELS)}")
-    parser.add_argument("--input_size", default=224, type=int, help="the notebook's 224")
+                        help=f"default: the one the checkpoint names or its shapes fit; one of: {', '.join(MAE_MODELS)}")
+    parser.add_argument("--input_size", default=None, type=int,
+                        help=input_size_help("mae") + "; the notebook's 224")
     parser.add_argument("--mask_ratio", default=0.75, type=float, help="fraction of the patches removed")
     parser.add_argument("--seed", default=2, type=int, help="seed of the masks (the notebook's torch.manual_seed(2))")
     parser.add_argument("--norm_pix", default="auto", choices=["auto", "yes", "no"],
@@ -69,17 +72,24 @@ def main(args):
     check_ranges(args, [("input_size", 1, None, True), ("mask_ratio", 0, 1, False), ("max_images", 1, None, True)])
     args.amp_level, args.amp_dtype = "O0", "float16"  # float32 reconstructions
     device.configure(args)
-    checkpoint_path = args.resume if args.resume.endswith(".ckpt") and os.path.isfile(args.resume) else \
-        download_and_convert_weights(args.resume, args.weights_cache_dir)
-    meta = read_checkpoint(checkpoint_path).meta
+    checkpoint_path = checkpoint_file(args.resume, args.weights_cache_dir)
+    checkpoint = read_checkpoint(checkpoint_path)
+    meta = checkpoint.meta
     trained_args = {**meta.get("source_args", {}), **meta.get("args", {})}
-    name = args.model or (meta.get("model") if meta.get("model") in MAE_MODELS else None) or \
-        (trained_args.get("model") if trained_args.get("model") in MAE_MODELS else "mae_vit_large_patch16")
+    named = [n for n in (meta.get("model"), trained_args.get("model")) if n in MAE_MODELS]
+    name = args.model or (named[0] if named else model_of_checkpoint(checkpoint.weights, args.resume, "mae"))
     if name not in MAE_MODELS:
         raise ArgumentError(f"--model {name}: choose an MAE model: {', '.join(MAE_MODELS)}")
     norm_pix = bool(trained_args.get("norm_pix_loss", False)) if args.norm_pix == "auto" else args.norm_pix == "yes"
-    model = models_vit_mindspore.create_model(name, pretrained=checkpoint_path, img_size=args.input_size,
-                                              weights_cache_dir=args.weights_cache_dir)
+    config = get_config(name)
+    args.input_size = args.input_size or config.default_input_size
+    problems = mask_ratio_problems(args.mask_ratio, args.input_size, config.patch_size)
+    if args.input_size % config.patch_size:
+        problems.append(f"--input_size {args.input_size} is not a multiple of the patch size {config.patch_size}")
+    if problems:
+        raise ArgumentError("; ".join(problems))
+    model = create_model(name, pretrained=checkpoint_path, img_size=args.input_size,
+                         weights_cache_dir=args.weights_cache_dir)
     items = list_images(args.data_path)[:args.max_images]
     os.makedirs(args.output_dir, exist_ok=True)
     rng = np.random.default_rng(args.seed)

@@ -9,11 +9,12 @@
 main_finetune_mindspore.py, and --resume for predict / export --embeddings), log.txt (train_loss, train_lr, epoch),
 reconstructions/epoch_<N>.png (what the model reconstructs of a few fixed images), args.json.
 """
-if __name__ == "__main__":  # first, before MindSpore is imported: signals and MindSpore's log (util_mindspore/cli.py)
-    from util_mindspore import cli as _cli
+if __name__ == "__main__":  # first, before MindSpore is imported: signals, MindSpore's log (cli/startup.py)
+    from util_mindspore.cli import startup as _startup
 
-    _cli.prepare_process()
+    _startup.prepare_process()
 
+import argparse
 import datetime
 import json
 import logging
@@ -23,41 +24,35 @@ import time
 from typing import List, Optional
 
 import mindspore as ms
-import numpy as np
-from mindspore import nn
-from PIL import Image
 
-import engine_pretrain_mindspore as engine
-import models_vit_mindspore
-from models_mae_mindspore import reconstruction_panels
-from util_mindspore import device, distributed, figures, interrupts, run_lock, train_checkpoint
-from util_mindspore.atomic_files import (
-    append_whole,
-    atomic_write,
-    remove_stale_temporaries,
+from util_mindspore.cli.options import (
+    add_compute_options,
+    add_distributed_options,
+    check_ranges,
+    input_size_help,
+    new_parser,
 )
-from util_mindspore.cli import run_main
-from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
-from util_mindspore.conversion import download_and_convert_weights
-from util_mindspore.datasets import Loader, UnlabelledImages
+from util_mindspore.cli.startup import run_main
+from util_mindspore.data.datasets import Loader
 from util_mindspore.errors import ArgumentError
-from util_mindspore.logs import setup_logging
-from util_mindspore.lr_decay import param_groups_weight_decay
-from util_mindspore.model_registry import MODEL_CONFIGS, get_config
-from util_mindspore.optim import AdamW
-from util_mindspore.run_options import add_compute_options, add_distributed_options, check_ranges, new_parser
-from util_mindspore.seeding import seed_everything
-from util_mindspore.tensorboard_log import TensorBoardLog
-from util_mindspore.train_step import MaeLoss, TrainStep
-from util_mindspore.transforms import EvalTransform, PretrainTransform
-from util_mindspore.weights import load_arrays_into_model
+from util_mindspore.files.atomic import atomic_write, remove_stale_temporaries
+from util_mindspore.models.compute_policy import policy_for
+from util_mindspore.models.factory import num_params
+from util_mindspore.process import distributed, interrupts, run_lock
+from util_mindspore.process.run_start import start_run
+from util_mindspore.registry import get_config, list_models
+from util_mindspore.training import pretraining as pt
+from util_mindspore.training.run_state import RunState, stopped_message
+from util_mindspore.training.tensorboard_log import TensorBoardLog
+from util_mindspore.training.train_step import effective_batch_size, scale_lr
 
 logger = logging.getLogger("retfound")
 ENTRY_SCRIPT = False
-MAE_MODELS = sorted(name for name, config in MODEL_CONFIGS.items() if config.architecture == "mae")
+MAE_MODELS = list_models(architecture="mae")
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
+    """Upstream main_pretrain.py's flags and ours, grouped."""
     parser = new_parser(__doc__.split("\n\n")[0])
     data = parser.add_argument_group("data")
     data.add_argument("--data_path", default="./data/", help="a folder of unlabelled images, any layout (recursive)")
@@ -66,7 +61,7 @@ def get_args_parser():
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="mae_vit_large_patch16", metavar="MODEL",
                        help=f"one of: {', '.join(MAE_MODELS)}")
-    model.add_argument("--input_size", default=224, type=int, help="image size in pixels")
+    model.add_argument("--input_size", default=None, type=int, help=input_size_help("mae"))
     model.add_argument("--mask_ratio", default=0.75, type=float, help="fraction of the patches removed")
     model.add_argument("--norm_pix_loss", action="store_true",
                        help="targets: each patch standardised by its own mean and variance")
@@ -106,147 +101,73 @@ RANGES = [("batch_size", 1, None, True), ("epochs", 1, None, True), ("accum_iter
           ("num_workers", 0, None, True)]
 
 
-def check_args(args):
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag within its meaning, in one line naming the flags at fault; the input size from the model's row."""
     check_ranges(args, RANGES)
     if args.model not in MAE_MODELS:
         raise ArgumentError(f"--model {args.model}: choose an MAE model: {', '.join(MAE_MODELS)}")
     config = get_config(args.model)
-    problems = []
+    if args.input_size is None:
+        args.input_size = config.default_input_size
+    problems = pt.mask_ratio_problems(args.mask_ratio, args.input_size, config.patch_size)
     if args.input_size % config.patch_size:
         problems.append(f"--input_size {args.input_size} is not a multiple of the patch size {config.patch_size}")
-    grid = (args.input_size // config.patch_size) ** 2
-    if int(grid * (1 - args.mask_ratio)) < 1:
-        problems.append(f"--mask_ratio {args.mask_ratio} keeps no patch of the {grid}")
     if args.pretrained and args.resume:
         problems.append("--pretrained and --resume: give one (--resume continues a run, --pretrained starts one)")
     if problems:
         raise ArgumentError("; ".join(problems))
 
 
-def setup(args):
-    device.keep_mindspore_files_in(os.path.join(args.output_dir, "mindspore"))
-    args.device, args.amp_level = device.configure(args)
-    args.distributed, args.rank, args.world_size = distributed.init_distributed_mode()
-    if args.lr is None:  # upstream's scaling by the effective batch size
-        args.lr = args.blr * args.batch_size * args.accum_iter * args.world_size / 256
-    setup_logging(args.rank)
-    seed_everything(args.seed)
-
-
-def build_model(args):
-    """The MAE, from --pretrained's weights (encoder and decoder) or freshly initialised as upstream's."""
-    model = models_vit_mindspore.create_model(args.model, pretrained=args.pretrained or None,
-                                              weights_cache_dir=args.weights_cache_dir, img_size=args.input_size,
-                                              norm_pix_loss=args.norm_pix_loss)
-    if args.pretrained:
-        pretrained_args = train_checkpoint.read_checkpoint(
-            download_and_convert_weights(args.pretrained, args.weights_cache_dir)).meta.get("source_args", {})
-        if "norm_pix_loss" in pretrained_args and bool(pretrained_args["norm_pix_loss"]) != args.norm_pix_loss:
-            logger.warning("%s was pre-trained with norm_pix_loss=%s; this run uses %s (add or drop --norm_pix_loss "
-                           "to continue its objective)", args.pretrained, pretrained_args["norm_pix_loss"],
-                           args.norm_pix_loss)
-    seed_everything(args.seed + args.rank)
-    apply_policy(model, policy_for(args.amp_level, args.amp_dtype, args.device))
-    return model
-
-
-def build_train_step(model, args):
-    """AdamW (betas 0.9, 0.95) with timm's weight-decay groups, in one compiled step with upstream's scaler."""
-    lr_scales, weight_decays = param_groups_weight_decay(model, args.weight_decay)
-    optimizer = AdamW(model.trainable_params(), lr_scales, weight_decays, betas=(0.9, 0.95))
-    grad_reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=args.world_size) \
-        if args.distributed else None
-    return TrainStep(MaeLoss(model, args.mask_ratio), optimizer, accum_iter=args.accum_iter, grad_reducer=grad_reducer,
-                     loss_scaling=needs_loss_scaling(args.amp_level, args.amp_dtype))
-
-
-def resume(args, train_step):
-    """Continue one of our pre-training runs: weights, optimizer, loss scale, epoch. Returns the next epoch."""
-    checkpoint = train_checkpoint.read_checkpoint(args.resume)
-    if checkpoint.meta.get("model") != args.model:
-        raise ArgumentError(f"--resume {args.resume} is a {checkpoint.meta.get('model') or 'foreign'} checkpoint, "
-                            f"not --model {args.model}'s")
-    load_arrays_into_model(train_step.loss.model, checkpoint.weights, source=args.resume)
-    train_checkpoint.restore_training_state(checkpoint, train_step, args.resume)
-    logger.info("continuing %s at epoch %d", args.resume, checkpoint.epoch + 1)
-    return checkpoint.epoch + 1
-
-
-def fixed_images(dataset, count, input_size):
-    """`count` images spread over the data set, centre-cropped as evaluation does: the same pictures every epoch."""
-    transform = EvalTransform(input_size)
-    picks = dataset.samples[::max(1, len(dataset.samples) // count)][:count]
-    images = []
-    for path, _ in picks:
-        with Image.open(path) as img:
-            img.load()
-            images.append(transform(img))
-    return np.stack(images), [os.path.relpath(p, dataset.root) for p, _ in picks]
-
-
-def draw_reconstructions(args, model, images, names, epoch, policy):
-    """reconstructions/epoch_<N>.png: the notebook's four panels for the fixed images, a fixed mask per image."""
-    noise = np.random.default_rng(2).random((len(images), model.num_patches), dtype=np.float32)
-    apply_policy(model, policy_for("O0", args.amp_dtype, args.device))  # the picture in float32
-    panels = reconstruction_panels(model, images, args.mask_ratio, noise)
-    apply_policy(model, policy)
-    folder = os.path.join(args.output_dir, "reconstructions")
-    os.makedirs(folder, exist_ok=True)
-    figures.save_reconstructions(os.path.join(folder, f"epoch_{epoch}.png"), panels, names,
-                                 f"{args.model} after epoch {epoch}, mask ratio {args.mask_ratio}")
-
-
-def main(args):
+def main(args: argparse.Namespace, state: RunState) -> int:
+    """Check the flags, start the process (device, ranks, seeds), take the output folder, pre-train."""
     check_args(args)
-    setup(args)
+    start_run(args, os.path.join(args.output_dir, "mindspore"))
+    scale_lr(args)
     with run_lock.hold_for_run(args.output_dir, "pre-training", args):
         if distributed.is_main_process(args):
             remove_stale_temporaries(args.output_dir)
-        return pretrain(args)
+        return pretrain(args, state)
 
 
-def image_root(data_path):
-    """upstream's layout (`<data_path>/train/<class>/*`) reads its train/ folder, as upstream's ImageFolder does;
-    any other folder is read whole, recursively."""
-    train = os.path.join(data_path, "train")
-    return train if os.path.isdir(train) else data_path
-
-
-def pretrain(args):
-    dataset = UnlabelledImages(image_root(args.data_path), PretrainTransform(args.input_size))
-    unreadable = dataset.find_unreadable(max(2, args.num_workers), args.check_images)
-    if unreadable:
-        raise ArgumentError(f"{len(unreadable)} unreadable image file(s): {', '.join(unreadable[:20])}")
+def pretrain(args: argparse.Namespace, state: RunState) -> int:
+    """The data, the model, what --resume brings; then the epochs, each with its log row, checkpoint when due and
+    reconstructions."""
+    dataset = pt.build_dataset(args)
     loader = Loader(dataset, args.batch_size, train=True, num_workers=args.num_workers, seed=args.seed,
                     rank=args.rank, world_size=args.world_size)
-    model = build_model(args)
-    train_step = build_train_step(model, args)
-    start_epoch = resume(args, train_step) if args.resume else args.start_epoch
+    model = pt.build_model(args)
+    train_step = pt.build_mae_step(model, args)
+    if args.resume:
+        state.__dict__.update(pt.resume(args, train_step).__dict__)
+    if state.start_epoch >= args.epochs:
+        logger.info("Nothing to train: %s already reached epoch %d of %d", args.resume, state.start_epoch,
+                    args.epochs)
+        return 0
     main_process = distributed.is_main_process(args)
     policy = policy_for(args.amp_level, args.amp_dtype, args.device)
-    samples = fixed_images(dataset, args.visualize, args.input_size) if args.visualize and main_process else None
-    eff = args.batch_size * args.accum_iter * args.world_size
+    samples = pt.fixed_images(dataset, args.visualize, args.input_size) if args.visualize and main_process else None
     logger.info("RETFound MAE pre-training (MindSpore %s)\nmodel      %s: %s; %.1fM trainable parameters; %d px; "
                 "mask ratio %g; %s targets\nweights    %s\ndata       %s: %d images\ndevice     %s, %s, %s mode\n"
                 "training   epochs %d to %d, batch %d x %d accumulation x %d processes = %d, lr %.3g (blr %g)\n"
                 "outputs    %s/ (every argument in args.json)", ms.__version__, args.model, model.config.summary,
-                models_vit_mindspore.num_params(model) / 1e6, args.input_size, args.mask_ratio,
+                num_params(model) / 1e6, args.input_size, args.mask_ratio,
                 "per-patch normalised" if args.norm_pix_loss else "pixel", args.pretrained or args.resume or
                 "random initialisation (upstream's)", dataset.root, len(dataset), args.device,
                 "float32" if args.amp_level == "O0" else f"{args.amp_dtype} (--amp_level {args.amp_level})",
-                args.mode, start_epoch, args.epochs - 1, args.batch_size, args.accum_iter, args.world_size, eff,
-                args.lr, args.blr, args.output_dir)
-    tb_log = TensorBoardLog(args, folder=args.log_dir, loss_tag="train_loss")
+                args.mode, state.start_epoch, args.epochs - 1, args.batch_size, args.accum_iter, args.world_size,
+                effective_batch_size(args), args.lr, args.blr, args.output_dir)
+    tb_log = TensorBoardLog(args, folder=args.log_dir, loss_tag="train_loss", resumed_at=state.start_epoch)
     if main_process:
         with atomic_write(os.path.join(args.output_dir, "args.json"), encoding="utf-8") as fh:
             json.dump(vars(args), fh, indent=1, default=str)
     started = time.time()
-    args.last_saved = None
     try:
-        for epoch in range(start_epoch, args.epochs):
-            stats = engine.train_one_epoch(train_step, loader, epoch, args, model.num_patches, tb_log)
+        for epoch in range(state.start_epoch, args.epochs):
+            stats = pt.train_one_epoch(train_step, loader, epoch, args, model.num_patches, tb_log)
             if main_process:
-                save_epoch(args, model, train_step, epoch, stats, samples, policy)
+                pt.save_epoch(args, model, train_step, epoch, stats, state)
+                if samples is not None:
+                    pt.draw_reconstructions(args, model, samples[0], samples[1], epoch, policy)
             interrupts.check(lambda signum: distributed.all_reduce_max(signum, args))
     finally:
         tb_log.close()
@@ -254,32 +175,20 @@ def pretrain(args):
     return 0
 
 
-def save_epoch(args, model, train_step, epoch, stats, samples, policy):
-    """log.txt's row (upstream's train_loss, train_lr, epoch), the epoch's checkpoint when due, the pictures."""
-    append_whole(os.path.join(args.output_dir, "log.txt"),
-                 json.dumps({"train_loss": stats["loss"], "train_lr": stats["lr"], "epoch": epoch}) + "\n")
-    if epoch % args.save_every == 0 or epoch + 1 == args.epochs:
-        path = os.path.join(args.output_dir, f"checkpoint-{epoch}.ckpt")
-        train_checkpoint.save_checkpoint(path, model, train_step, epoch, 0.0, [], args, kind="last")
-        args.last_saved = path
-        logger.info("saved %s", path)
-    if samples is not None:
-        draw_reconstructions(args, model, samples[0], samples[1], epoch, policy)
-
-
-def stopped_message(args, signum):
-    name = interrupts.signal_name(signum)
-    last = getattr(args, "last_saved", None)
-    if not last:
-        return f"stopped by {name} before this run saved a checkpoint"
-    return f"stopped by {name}: the last checkpoint is {last}; to continue, run the same command with --resume {last}"
-
-
 def run(argv: Optional[List[str]] = None) -> int:
     """Entry point: upstream main_pretrain.py's flags in, checkpoints and logs out; one line and exit 1 for bad
-    input; SIGINT / SIGTERM stop after the step under way with exit 130 / 143."""
+    input; SIGINT / SIGTERM stop after the step under way with exit 130 / 143.
+
+    Args:
+        argv: the command line's arguments (default: sys.argv[1:]).
+
+    Returns:
+        The exit code.
+    """
     args = get_args_parser().parse_args(argv)
-    return run_main(main, args, [args.output_dir], lambda signum: stopped_message(args, signum))
+    state = RunState(args.start_epoch)
+    return run_main(lambda parsed: main(parsed, state), args, [args.output_dir],
+                    lambda signum: stopped_message(state, signum, args.resume))
 
 
 if __name__ == "__main__":

@@ -1,171 +1,35 @@
-"""The masked autoencoder RETFound was pre-trained with (upstream models_mae.py, after facebookresearch/mae), as
-MindSpore cells: `mae_vit_base_patch16`, `mae_vit_large_patch16` (RETFound's), `mae_vit_huge_patch14`, each with
-a 512-d, 8-block decoder (rows of util_mindspore/model_registry.py).
+"""The masked autoencoder RETFound was pre-trained with, under upstream models_mae.py's names (RETFound_MAE before
+February 2025, after facebookresearch/mae), for MindSpore: `MaskedAutoencoderViT` and the `mae_vit_*` builders.
 
-Parameter names are upstream's keys, so the published RETFound MAE checkpoints (encoder and decoder) load by name
-and every checkpoint we write is a valid --finetune source: the encoder's keys are the ViT's. The position
-embeddings are fixed 2-D sin-cos tables (Parameters that never train, never decay).
+    import models_mae_mindspore as models_mae
+    model = models_mae.__dict__["mae_vit_large_patch16"](norm_pix_loss=True)     # as upstream's main_pretrain.py
 
-`construct(imgs, mask_ratio, noise)` returns (loss, pred, mask) as upstream's forward does; `noise` (N, L) is the
-uniform draw upstream's random_masking takes from torch.rand, so the same noise masks the same patches.
+The cell lives in util_mindspore/models/mae.py; each size is a row of util_mindspore/registry.py (a 512-d, 8-block
+decoder). `model(imgs, mask_ratio, noise)` returns (loss, pred, mask) as upstream's forward does.
 """
-from typing import Optional
+from util_mindspore.models.factory import create_model
+from util_mindspore.models.mae import MaskedAutoencoderViT
 
-import mindspore as ms
-import numpy as np
-from mindspore import Parameter, nn, ops
-
-from util_mindspore.compute_policy import PolicyCell, cast
-from util_mindspore.layers import LayerNorm, Linear, trunc_normal, xavier_uniform, zeros
-from util_mindspore.model_registry import ModelConfig
-from util_mindspore.pos_embed import sincos_pos_embed
-from util_mindspore.vit_blocks import Block, PatchEmbed
+__all__ = ["MaskedAutoencoderViT", "mae_vit_base_patch16_dec512d8b", "mae_vit_large_patch16_dec512d8b",
+           "mae_vit_huge_patch14_dec512d8b", "mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"]
 
 
-def _fixed_pos_embed(dim, grid, name):
-    table = sincos_pos_embed(dim, grid, cls_token=True).astype(np.float32)[None]
-    return Parameter(ms.Tensor(table), name=name, requires_grad=False)
+def mae_vit_base_patch16_dec512d8b(**kwargs: object) -> MaskedAutoencoderViT:
+    """MAE ViT-B/16 (upstream's keyword arguments: img_size, norm_pix_loss)."""
+    return create_model("mae_vit_base_patch16", **kwargs)
 
 
-def _xavier_linears(cells):
-    """upstream's _init_weights: every Linear xavier_uniform with a zero bias (LayerNorms are 1 / 0 already)."""
-    for _, cell in cells:
-        if isinstance(cell, Linear):
-            cell.weight.set_data(xavier_uniform(cell.weight.shape))
-            if cell.bias is not None:
-                cell.bias.set_data(zeros(cell.bias.shape))
+def mae_vit_large_patch16_dec512d8b(**kwargs: object) -> MaskedAutoencoderViT:
+    """MAE ViT-L/16, RETFound's pre-training model."""
+    return create_model("mae_vit_large_patch16", **kwargs)
 
 
-class MaskedAutoencoderViT(PolicyCell):
-    """Masked autoencoder with a ViT encoder (upstream's MaskedAutoencoderViT)."""
-
-    def __init__(self, config: ModelConfig, img_size: int = 224, num_classes: int = 0, drop_path_rate: float = 0.0,
-                 global_pool: Optional[bool] = None):
-        super().__init__()
-        extra, dim = config.extra, config.embed_dim
-        dec_dim, patch = extra["decoder_embed_dim"], config.patch_size
-        self.config = config
-        self.norm_pix_loss = bool(extra["norm_pix_loss"])
-        self.patch_size = patch
-        self.patch_embed = PatchEmbed(img_size, patch, 3, dim)
-        grid = self.patch_embed.grid_size
-        self.num_patches = self.patch_embed.num_patches
-        self.cls_token = Parameter(trunc_normal((1, 1, dim), std=0.02), name="cls_token")
-        self.pos_embed = _fixed_pos_embed(dim, grid, "pos_embed")
-        self.blocks = nn.CellList([Block(dim, config.num_heads, config.mlp_ratio, qkv_bias=True, eps=config.norm_eps)
-                                   for _ in range(config.depth)])
-        self.norm = LayerNorm(dim, config.norm_eps)
-        self.decoder_embed = Linear(dim, dec_dim)
-        self.mask_token = Parameter(trunc_normal((1, 1, dec_dim), std=0.02), name="mask_token")
-        self.decoder_pos_embed = _fixed_pos_embed(dec_dim, grid, "decoder_pos_embed")
-        self.decoder_blocks = nn.CellList([
-            Block(dec_dim, extra["decoder_num_heads"], config.mlp_ratio, qkv_bias=True, eps=config.norm_eps)
-            for _ in range(extra["decoder_depth"])])
-        self.decoder_norm = LayerNorm(dec_dim, config.norm_eps)
-        self.decoder_pred = Linear(dec_dim, patch * patch * 3)
-        _xavier_linears(self.cells_and_names())
-        self.patch_embed.proj.weight.set_data(xavier_uniform(self.patch_embed.proj.weight.shape))  # as a linear
-
-    def no_weight_decay(self):
-        return set()  # timm's add_weight_decay as upstream calls it: only 1-D parameters (norms, biases) are exempt
-
-    def patchify(self, imgs):
-        """(N, 3, H, W) -> (N, L, p*p*3), each patch flattened as (row, column, channel), as upstream."""
-        p = self.patch_size
-        n, _, h, w = imgs.shape
-        x = imgs.reshape(n, 3, h // p, p, w // p, p).transpose(0, 2, 4, 3, 5, 1)
-        return x.reshape(n, (h // p) * (w // p), p * p * 3)
-
-    def unpatchify(self, x):
-        """(N, L, p*p*3) -> (N, 3, H, W), the inverse of patchify."""
-        p = self.patch_size
-        n, length, _ = x.shape
-        g = int(round(length ** 0.5))
-        return x.reshape(n, g, g, p, p, 3).transpose(0, 5, 1, 3, 2, 4).reshape(n, 3, g * p, g * p)
-
-    def random_masking(self, x, mask_ratio, noise):
-        """Keep the int(L * (1 - mask_ratio)) patches with the smallest noise. Returns the kept tokens, the mask
-        (N, L; 1 = removed, in the patches' own order) and the order that restores them."""
-        n, length, _ = x.shape
-        keep = int(length * (1 - mask_ratio))
-        ids_shuffle = ops.argsort(noise, axis=1)
-        ids_restore = ops.argsort(ids_shuffle, axis=1)
-        kept = ops.gather(x, ids_shuffle[:, :keep], 1, batch_dims=1)
-        mask = cast(ids_restore >= keep, ms.float32)
-        return kept, mask, ids_restore
-
-    def forward_encoder(self, imgs, mask_ratio, noise):
-        x = cast(self.patch_embed(imgs), self.residual_dtype)
-        x = x + cast(self.pos_embed[:, 1:, :], x.dtype)
-        x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
-        cls = cast(self.cls_token + self.pos_embed[:, :1, :], x.dtype)
-        x = ops.concat((ops.broadcast_to(cls, (x.shape[0], 1, x.shape[2])), x), axis=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x), mask, ids_restore
-
-    def forward_decoder(self, x, ids_restore):
-        x = cast(self.decoder_embed(x), self.residual_dtype)
-        n, visible, dim = x.shape
-        mask_tokens = ops.broadcast_to(cast(self.mask_token, x.dtype), (n, ids_restore.shape[1] + 1 - visible, dim))
-        shuffled = ops.concat((x[:, 1:, :], mask_tokens), axis=1)
-        x = ops.concat((x[:, :1, :], ops.gather(shuffled, ids_restore, 1, batch_dims=1)), axis=1)
-        x = x + cast(self.decoder_pos_embed, x.dtype)
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
-
-    def forward_loss(self, imgs, pred, mask):
-        """Mean squared error per patch, averaged over the removed patches; with norm_pix_loss each target patch is
-        standardised by its own mean and (unbiased, as torch's var) variance."""
-        target = self.patchify(cast(imgs, ms.float32))
-        if self.norm_pix_loss:
-            mean = target.mean(axis=-1, keep_dims=True)
-            var = ((target - mean) ** 2).sum(axis=-1, keepdims=True) / (target.shape[-1] - 1)
-            target = (target - mean) / ops.sqrt(var + 1e-6)
-        loss = ((cast(pred, ms.float32) - target) ** 2).mean(axis=-1)
-        return (loss * mask).sum() / mask.sum()
-
-    def construct(self, imgs, mask_ratio=0.75, noise=None):
-        if noise is None:
-            noise = ops.rand((imgs.shape[0], self.num_patches), dtype=ms.float32)
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
-        pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(imgs, pred, mask), pred, mask
+def mae_vit_huge_patch14_dec512d8b(**kwargs: object) -> MaskedAutoencoderViT:
+    """MAE ViT-H/14."""
+    return create_model("mae_vit_huge_patch14", **kwargs)
 
 
-def reconstruction_panels(model, images, mask_ratio=0.75, noise=None, norm_pix=None):
-    """What RETFound_visualize.ipynb draws, as four (N, H, W, 3) arrays in [0, 1]: the original, the masked image
-    (removed patches grey), the reconstruction, and the reconstruction with the visible patches pasted back.
-
-    `images` are ImageNet-normalised (N, 3, H, W). A model trained with norm_pix_loss predicts each patch
-    standardised by its own mean and variance; with `norm_pix` (default: the model's norm_pix_loss) each predicted
-    patch is given back the original patch's mean and variance, so that the picture shows the reconstructed
-    structure (the notebook draws them as they come, which is readable only for pixel-target models).
-    """
-    from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    norm_pix = model.norm_pix_loss if norm_pix is None else norm_pix
-    model.set_train(False)
-    x = ms.Tensor(np.asarray(images, np.float32))
-    if noise is not None:
-        noise = ms.Tensor(np.asarray(noise, np.float32))
-    _, pred, mask = model(x, mask_ratio, noise)
-    pred, mask = pred.asnumpy().astype(np.float64), mask.asnumpy().astype(np.float64)
-    if norm_pix:
-        target = model.patchify(x).asnumpy().astype(np.float64)
-        mean = target.mean(axis=-1, keepdims=True)
-        var = target.var(axis=-1, ddof=1, keepdims=True)
-        pred = pred * np.sqrt(var + 1e-6) + mean
-    p = model.patch_size
-    recon = model.unpatchify(ms.Tensor(pred.astype(np.float32))).asnumpy().astype(np.float64)
-    mask_image = model.unpatchify(ms.Tensor(np.repeat(mask[..., None], p * p * 3, axis=-1).astype(np.float32)))
-    mask_image = mask_image.asnumpy().astype(np.float64)
-    original = np.asarray(images, np.float64)
-    mean, std = np.asarray(IMAGENET_MEAN).reshape(1, 3, 1, 1), np.asarray(IMAGENET_STD).reshape(1, 3, 1, 1)
-
-    def picture(array):
-        return np.clip(array * std + mean, 0.0, 1.0).transpose(0, 2, 3, 1)
-    masked = original * (1 - mask_image)  # removed patches 0 in normalised space: ImageNet's mean grey, as the notebook
-    pasted = original * (1 - mask_image) + recon * mask_image
-    return picture(original), picture(masked), picture(recon), picture(pasted)
+# upstream's recommended names: decoder 512-d, 8 blocks
+mae_vit_base_patch16 = mae_vit_base_patch16_dec512d8b
+mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b
+mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b

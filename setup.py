@@ -1,5 +1,5 @@
 """Install RETFound for MindSpore: `pip install -e .` (runtime) or `pip install -e ".[dev]"` (tests)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Each dependency is bounded above by its next major release (numpy by MindSpore's own limit), so that a new
 # release cannot break a fresh install; constraints.txt pins the exact versions CI tests with.
@@ -32,9 +32,9 @@ TENSORBOARD = ["tensorboardX>=2.6,<3"]
 NOTEBOOK = ["nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6.29,<8"]
 DEV = ["pytest>=8,<10", "ruff>=0.15,<0.18", "torch==2.14.1", "torchvision==0.29.1", "timm==0.9.2", *OPENVINO,
        *TENSORBOARD, *NOTEBOOK]
-# Console commands beside the upstream-named scripts (util_mindspore/cli.py quiets MindSpore's log and takes
+# Console commands beside the upstream-named scripts (util_mindspore/cli/startup.py quiets MindSpore's log and takes
 # SIGINT / SIGTERM before MindSpore loads, as the scripts' own __main__ blocks do).
-CONSOLE = [f"retfound-{name}=util_mindspore.cli:{name}" for name in
+CONSOLE = [f"retfound-{name}=util_mindspore.cli.commands:{name}" for name in
            ("train", "pretrain", "predict", "export", "convert", "selfcheck", "reconstruct", "benchmark")]
 
 setup(
@@ -45,7 +45,6 @@ setup(
     python_requires=">=3.9,<3.12",
     py_modules=[
         "models_vit_mindspore",
-        "models_dinov3_mindspore",
         "engine_finetune_mindspore",
         "main_finetune_mindspore",
         "convert_weights_example",
@@ -58,7 +57,7 @@ setup(
         "mae_visualize_mindspore",
         "benchmark_mindspore",
     ],
-    packages=["util_mindspore"],
+    packages=find_packages(include=["util_mindspore", "util_mindspore.*"]),
     install_requires=RUNTIME,
     extras_require={"torch": TORCH, "onnx": ONNX, "openvino": OPENVINO, "tensorboard": TENSORBOARD,
                     "notebook": NOTEBOOK, "dev": DEV},

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from util_mindspore import ckpt_format  # noqa: E402
+from util_mindspore.checkpoints import ckpt_format  # noqa: E402
 
 
 def timed(fn):

@@ -25,7 +25,7 @@ if {block_torch!r}:
     sys.modules["torch"] = None
 what, src, dst = sys.argv[1:4]
 if what == "convert":
-    from util_mindspore.conversion import download_and_convert_weights
+    from util_mindspore.checkpoints.conversion import download_and_convert_weights
 start = time.perf_counter()
 if what == "copy":
     shutil.copyfile(src, dst)
@@ -40,7 +40,7 @@ WRITER = r"""
 import sys
 sys.path.insert(0, {root!r})
 import torch
-from tests.checkpoint_layouts import mae_pretrained
+from util_mindspore.reference.checkpoint_layouts import mae_pretrained
 torch.manual_seed(0)
 mae_pretrained(sys.argv[1], name="RETFound_mae")
 """

@@ -3,7 +3,7 @@ tiny model split into data time and step time.
 
     python benchmarks/bench_data.py                      # 300 fundus-sized JPEGs, batch 32, 2 workers, 2 rounds
 
-1. Training pipeline img/s, alternately in fresh processes: ours (util_mindspore.datasets.Loader, train transform)
+1. Training pipeline img/s, alternately in fresh processes: ours (util_mindspore.data.datasets.Loader, train transform)
    against upstream's (torchvision ImageFolder + timm 0.9.2 create_transform as upstream's util/datasets.py calls
    it + DataLoader with the same number of workers), one pass over the images each, no model.
 2. Time to the first batch (listing, header checks and one batch) for 1,000 and 20,000 files: hard links to the
@@ -38,7 +38,7 @@ def data_args(data, workers, batch, input_size=224):
 
 
 def ours_pipeline(args):
-    from util_mindspore.datasets import Loader, build_dataset
+    from util_mindspore.data.datasets import Loader, build_dataset
     dataset = build_dataset("train", data_args(args.data, args.workers, args.batch_size))
     loader = Loader(dataset, args.batch_size, train=True, num_workers=args.workers)
     started, cpu = time.perf_counter(), sum(os.times()[:2])
@@ -53,7 +53,7 @@ def upstream_pipeline(args):
     from timm.data import create_transform
     from torchvision import datasets
 
-    from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from util_mindspore.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     torch.set_num_threads(1)
     transform = create_transform(input_size=224, is_training=True, color_jitter=None,
                                  auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
@@ -68,7 +68,7 @@ def upstream_pipeline(args):
 
 def startup(args):
     """build_datasets as main_finetune_mindspore.py calls it, then the first batch of the train loader."""
-    from util_mindspore.datasets import Loader, build_datasets
+    from util_mindspore.data.datasets import Loader, build_datasets
     started = time.perf_counter()
     datasets = build_datasets(data_args(args.data, args.workers, args.batch_size), ["train"])
     next(iter(Loader(datasets["train"], args.batch_size, train=True, num_workers=args.workers)))
@@ -81,10 +81,10 @@ def epoch(args):
 
     import models_vit_mindspore
     from engine_finetune_mindspore import TrainStep
-    from util_mindspore.datasets import Loader, build_dataset
-    from util_mindspore.lr_decay import param_groups_lrd
-    from util_mindspore.mixup import one_hot
-    from util_mindspore.optim import AdamW
+    from util_mindspore.data.datasets import Loader, build_dataset
+    from util_mindspore.data.mixup import one_hot
+    from util_mindspore.training.lr_decay import param_groups_lrd
+    from util_mindspore.training.optim import AdamW
     ms.set_context(mode=ms.GRAPH_MODE)
     model = models_vit_mindspore.create_model("vit_tiny_patch16", img_size=224, num_classes=2, drop_path_rate=0.1)
     scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)

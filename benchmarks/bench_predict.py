@@ -56,7 +56,7 @@ def make_checkpoint(path, model_name, input_size):
     import mindspore as ms
 
     import models_vit_mindspore
-    from util_mindspore.train_checkpoint import save_checkpoint
+    from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
     ms.set_context(mode=ms.GRAPH_MODE)
     model = models_vit_mindspore.create_model(model_name, img_size=input_size, num_classes=NUM_CLASSES)
     args = argparse.Namespace(model=model_name, input_size=input_size, global_pool=True, nb_classes=NUM_CLASSES)
@@ -90,8 +90,8 @@ def export_files(checkpoint, folder):
 def run_predict(args):
     """predict_mindspore.py's own functions with the row's runtime, timed around its prediction loop."""
     import predict_mindspore
-    from util_mindspore.image_sources import list_images
-    from util_mindspore.prediction_outputs import PredictionWriter
+    from util_mindspore.data.image_sources import list_images
+    from util_mindspore.inference.outputs import PredictionWriter
 
     kind, exported, precision = RUNTIMES[args.runtime]
     resume = os.path.splitext(args.checkpoint)[0] + f".{exported}" if exported else args.checkpoint
@@ -121,8 +121,8 @@ def run_torch(args):
     import torch
     from torchvision import datasets, transforms
 
-    from tests.torch_reference import create_reference
-    from util_mindspore.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+    from util_mindspore.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
+    from util_mindspore.reference.torch_models import create_reference
     torch.set_num_threads(os.cpu_count())
     model = create_reference(args.model, img_size=args.input_size, num_classes=NUM_CLASSES).eval()
     transform = transforms.Compose([

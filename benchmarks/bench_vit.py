@@ -37,12 +37,12 @@ def run_mindspore(args, images, labels):
     import mindspore as ms
 
     import models_vit_mindspore
-    from util_mindspore.compile_cache import cache_root, enable_compile_cache
-    from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
-    from util_mindspore.lr_decay import param_groups_lrd, param_groups_weight_decay
-    from util_mindspore.mixup import one_hot
-    from util_mindspore.optim import AdamW
-    from util_mindspore.train_step import ClassifierLoss, MaeLoss, TrainStep
+    from util_mindspore.data.mixup import one_hot
+    from util_mindspore.models.compute_policy import apply_policy, needs_loss_scaling, policy_for
+    from util_mindspore.process.compile_cache import cache_root, enable_compile_cache
+    from util_mindspore.training.lr_decay import param_groups_lrd, param_groups_weight_decay
+    from util_mindspore.training.optim import AdamW
+    from util_mindspore.training.train_step import ClassifierLoss, MaeLoss, TrainStep
     ms.set_context(mode=ms.GRAPH_MODE)
     enable_compile_cache(cache_root(args), key={k: v for k, v in vars(args).items() if k != "steps"})
     scaling = needs_loss_scaling(args.amp_level, "float16")
@@ -73,7 +73,7 @@ def run_mindspore(args, images, labels):
 def run_torch(args, images, labels):
     import torch
 
-    from tests.torch_reference import (
+    from util_mindspore.reference.torch_models import (
         create_mae_reference,
         create_reference,
         upstream_add_weight_decay,

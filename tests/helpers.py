@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from util_mindspore import metrics as metrics_lib
+from util_mindspore.evaluation import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "hf_test_token"  # what the loopback hub (tests/hf_server.py, the `hub` fixture) accepts for gated repos

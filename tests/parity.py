@@ -3,7 +3,7 @@ import mindspore as ms
 import numpy as np
 
 import models_vit_mindspore
-from util_mindspore.weights import load_arrays_into_model
+from util_mindspore.models.weights import load_arrays_into_model
 
 FIGURES = []  # (what, max |diff|, bound), printed at the end of the run by conftest
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util_mindspore import auto_augment as A
+from util_mindspore.data import auto_augment as A
+from util_mindspore.data.transforms import IMAGENET_MEAN
 from util_mindspore.errors import ArgumentError
-from util_mindspore.transforms import IMAGENET_MEAN
 
 timm_aa = pytest.importorskip("timm.data.auto_augment", reason="timm 0.9.2 is the reference for --aa")
 

@@ -9,7 +9,7 @@ import pytest
 
 import benchmark_mindspore as B
 from tests.helpers import TINY, one_line_error
-from util_mindspore.metrics import METRIC_COLUMNS
+from util_mindspore.evaluation.metrics import METRIC_COLUMNS
 
 
 def fake_finished_run(folder, values):

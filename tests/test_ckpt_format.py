@@ -6,10 +6,10 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from util_mindspore import ckpt_format
-from util_mindspore.ckpt_format import save_arrays_ckpt
+from util_mindspore.checkpoints import ckpt_format
+from util_mindspore.checkpoints.ckpt_format import save_arrays_ckpt
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
 from util_mindspore.errors import WeightError
-from util_mindspore.train_checkpoint import read_checkpoint
 
 
 def test_streamed_ckpt_writer_and_reader_match_mindspore(tmp_path):
@@ -87,7 +87,7 @@ SWEEP = """
 import json, os, sys
 import numpy as np
 from util_mindspore.errors import WeightError
-from util_mindspore.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
 path, flipped = sys.argv[1], sys.argv[2]
 data = open(path, "rb").read()
 whole = read_checkpoint(path)
@@ -173,7 +173,7 @@ def test_a_training_checkpoint_of_an_earlier_version_still_loads(tmp_path):
     assert checkpoint.epoch == 3 and set(checkpoint.weights) == {k for k in arrays if k.startswith("blocks")}
     foreign = str(tmp_path / "foreign.ckpt")
     ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones(3, np.float32))}], foreign)
-    with pytest.raises(WeightError, match="python -m util_mindspore.ckpt_format --seal"):
+    with pytest.raises(WeightError, match="python -m util_mindspore.checkpoints.ckpt_format --seal"):
         read_checkpoint(foreign)
     assert ckpt_format.main(["--seal", foreign]) == 0
     np.testing.assert_array_equal(read_checkpoint(foreign).weights["w"], np.ones(3, np.float32))
@@ -181,7 +181,7 @@ def test_a_training_checkpoint_of_an_earlier_version_still_loads(tmp_path):
 
 KILLED_SAVER = (
     "import numpy as np, sys\n"
-    "from util_mindspore.ckpt_format import save_arrays_ckpt\n"
+    "from util_mindspore.checkpoints.ckpt_format import save_arrays_ckpt\n"
     "arrays = {f'w{i}': np.full((256, 1024), i, np.float32) for i in range(24)}\n"
     "save_arrays_ckpt(arrays, sys.argv[1])\n"
     "print('first save done', flush=True)\n"

@@ -16,7 +16,8 @@ import predict_mindspore
 import selfcheck_mindspore
 from tests.conftest import require
 from tests.helpers import ROOT
-from util_mindspore import cli
+from util_mindspore.cli import commands as cli
+from util_mindspore.cli import startup
 
 SCRIPTS = {main_finetune_mindspore: ("data", "model", "training", "augmentation", "outputs"),
            main_pretrain_mindspore: ("data", "model", "training", "outputs"),
@@ -59,7 +60,8 @@ def test_console_commands_are_installed_beside_the_scripts(monkeypatch):
 
 
 def test_the_precision_flags_offer_what_the_policy_knows_and_load_no_mindspore():
-    from util_mindspore import compute_policy, run_options
+    from util_mindspore.cli import options as run_options
+    from util_mindspore.models import compute_policy
     assert run_options.AMP_LEVELS == compute_policy.AMP_LEVELS
     assert run_options.AMP_DTYPE_NAMES == tuple(compute_policy.AMP_DTYPES)
     done = subprocess.run([sys.executable, "-c", "import sys, predict_mindspore; print('mindspore' in sys.modules)"],
@@ -69,12 +71,12 @@ def test_the_precision_flags_offer_what_the_policy_knows_and_load_no_mindspore()
 
 def test_mindspores_own_log_is_quiet_unless_verbose(monkeypatch):
     monkeypatch.delenv("GLOG_v", raising=False)
-    monkeypatch.setattr(cli.interrupts, "block_signals", lambda: None)
-    cli.prepare_process(["--model", "x"])
-    assert os.environ["GLOG_v"] == cli.QUIET_MINDSPORE_LOG
+    monkeypatch.setattr(startup.interrupts, "block_signals", lambda: None)
+    startup.prepare_process(["--model", "x"])
+    assert os.environ["GLOG_v"] == startup.QUIET_MINDSPORE_LOG
     monkeypatch.delenv("GLOG_v")
-    cli.prepare_process(["--verbose"])
+    startup.prepare_process(["--verbose"])
     assert "GLOG_v" not in os.environ
-    done = subprocess.run([sys.executable, "-c", "import sys, util_mindspore.cli; print('mindspore' in sys.modules)"],
+    done = subprocess.run([sys.executable, "-c", "import sys, util_mindspore.cli.commands, util_mindspore.cli.startup; print('mindspore' in sys.modules)"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.strip() == "False"  # the entry points' module imports no MindSpore: it runs before it loads

@@ -5,12 +5,12 @@ import pytest
 
 import models_vit_mindspore as M
 from tests.parity import assert_within, mindspore_twin, random_images, set_mode
-from util_mindspore.compute_policy import apply_policy, needs_loss_scaling, policy_for
 from util_mindspore.errors import ArgumentError
+from util_mindspore.models.compute_policy import apply_policy, needs_loss_scaling, policy_for
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2 (pip install -e '.[dev]')")
-from tests.torch_reference import (  # noqa: E402
+from util_mindspore.reference.torch_models import (
     create_reference,
     cuda_autocast_on_cpu,
     explicit_attention,

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from tests.helpers import TOKEN, publish
-from util_mindspore import ckpt_format, torch_pickle
-from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.checkpoints import ckpt_format, torch_pickle
+from util_mindspore.checkpoints.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
 from util_mindspore.errors import WeightError
-from util_mindspore.train_checkpoint import read_checkpoint
 
 torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
 
 
 def test_torch_free_reader_gives_the_arrays_torch_load_gives(tmp_path):

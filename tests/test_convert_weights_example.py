@@ -9,7 +9,7 @@ from tests.helpers import ROOT, TOKEN, publish
 
 torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
 
 
 def run_cli(args, env_extra, tmp_path, block_torch=False):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import make_dataset
-from util_mindspore.datasets import DataError, Loader, build_dataset, build_datasets, subsample_indices
+from util_mindspore.data.datasets import DataError, Loader, build_dataset, build_datasets, subsample_indices
 
 
 def data_args(data, **extra):

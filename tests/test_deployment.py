@@ -10,10 +10,10 @@ from PIL import Image
 import export_mindspore
 import models_vit_mindspore
 from tests.helpers import TINY
-from util_mindspore.deployment import ExportedModel
+from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+from util_mindspore.data.transforms import EvalTransform
 from util_mindspore.errors import UserError
-from util_mindspore.train_checkpoint import save_checkpoint
-from util_mindspore.transforms import EvalTransform
+from util_mindspore.inference.deployment import ExportedModel
 
 
 @pytest.fixture(scope="module")
@@ -72,5 +72,5 @@ def test_a_file_that_is_not_an_export_description_is_one_clear_error(tmp_path, c
     path.write_text(content)
     with pytest.raises(UserError, match=rf"^{tmp_path}/x.json: not the description export_mindspore.py writes"):
         ExportedModel(str(path))
-    with pytest.raises(UserError, match="No such file"):
+    with pytest.raises(UserError, match="missing.json: missing: export_mindspore.py writes this description"):
         ExportedModel(str(tmp_path / "missing.json"))

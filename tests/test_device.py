@@ -10,7 +10,7 @@ import pytest
 import main_finetune_mindspore
 from tests.conftest import NOT_APPLICABLE
 from tests.helpers import ROOT, make_dataset, small_argv
-from util_mindspore import device
+from util_mindspore.process import device
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -65,7 +65,7 @@ def test_jit_level_reaches_mindspore():
     script = (
         "from types import SimpleNamespace\n"
         "import mindspore as ms\n"
-        "from util_mindspore import device\n"
+        "from util_mindspore.process import device\n"
         "for level in ('O0', 'O1', 'O2'):\n"
         "    device.configure(SimpleNamespace(device='CPU', amp_level='O0', amp_dtype='float16', mode='graph',\n"
         "                                     jit_level=level))\n"

@@ -15,7 +15,7 @@ from tests.hf_server import FakeHub
 
 torch = pytest.importorskip("torch", reason="writing a checkpoint in the published layout needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.msrun
@@ -91,7 +91,7 @@ def test_sigterm_stops_every_rank_at_the_same_step(tmp_path):
     import signal
     import time
 
-    from util_mindspore.train_checkpoint import read_checkpoint
+    from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
     require(shutil.which("msrun"), "msrun (installed with mindspore)")
     data = make_dataset(tmp_path / "data", per_split={"train": 24, "val": 3, "test": 3})
     env = dict(os.environ, PYTHONPATH=ROOT, RETFOUND_MS_CACHE=str(tmp_path / "weights"))

@@ -11,12 +11,12 @@ import torch
 
 import export_mindspore
 import models_vit_mindspore
-from tests import checkpoint_layouts as layouts
 from tests.helpers import TINY, TOKEN, one_line_error, publish
 from tests.parity import assert_within, mindspore_twin, random_images
-from tests.torch_reference import create_reference, numpy_state_dict, randomize_
-from util_mindspore import export
-from util_mindspore.train_checkpoint import save_checkpoint
+from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+from util_mindspore.inference import export
+from util_mindspore.reference import checkpoint_layouts as layouts
+from util_mindspore.reference.torch_models import create_reference, numpy_state_dict, randomize_
 
 
 def run_onnx(path, images):

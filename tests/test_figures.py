@@ -4,7 +4,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from util_mindspore import figures
+from util_mindspore.evaluation import figures
 
 
 def test_confusion_matrix_shows_counts_and_row_percentages_with_a_title_and_a_pdf(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def test_a_read_only_cache_still_trains_from_a_converted_entry(tmp_path):
     """A shared, read-only ~/.cache: the compile cache and the lock are off (a warning each), the run goes on."""
     torch = pytest.importorskip("torch")
     from main_finetune_mindspore import run
-    from tests.torch_reference import create_reference, randomize_
+    from util_mindspore.reference.torch_models import create_reference, randomize_
     data = make_dataset(tmp_path / "data")
     cache = tmp_path / "cache"
     weights = str(tmp_path / "tiny.pth")
@@ -95,7 +95,7 @@ def test_a_full_disk_stops_prediction_with_embeddings_in_one_line_never_a_sigbus
 
 def test_the_converters_full_and_read_only_disks_are_one_line(tmp_path):
     torch = pytest.importorskip("torch")
-    from tests.torch_reference import create_reference
+    from util_mindspore.reference.torch_models import create_reference
     weights = str(tmp_path / "tiny.pth")
     torch.save({"model": create_reference("vit_tiny_patch16", num_classes=0, depth=2).state_dict()}, weights)
     cache = tmp_path / "cache"

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.parity import assert_within, mindspore_twin, random_images
-from tests.torch_reference import create_reference, explicit_attention, numpy_state_dict, randomize_
-from util_mindspore.heatmaps import attention_rollout, grad_cam, save_heatmap_figure, to_grid
+from util_mindspore.inference.heatmaps import attention_rollout, grad_cam, save_heatmap_figure, to_grid
+from util_mindspore.reference.torch_models import create_reference, explicit_attention, numpy_state_dict, randomize_
 
 
 def upstream_rollout(model, images):

@@ -3,15 +3,15 @@
 import pytest
 
 from tests.helpers import TOKEN, publish
-from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.hub import resolve_source
 from util_mindspore.errors import WeightError
-from util_mindspore.hub import resolve_source
 
 
 def layouts():
     """The published layouts (written with torch): only the tests that serve a checkpoint need torch."""
     pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
-    from tests import checkpoint_layouts
+    from util_mindspore.reference import checkpoint_layouts
     return checkpoint_layouts
 
 

@@ -10,9 +10,9 @@ from mindspore import Parameter
 from mindspore.common.initializer import initializer
 
 from tests.helpers import ROOT
-from util_mindspore import initializers
-from util_mindspore.initializers import TruncNormal
-from util_mindspore.optim import AdamW
+from util_mindspore.models import initializers
+from util_mindspore.models.initializers import TruncNormal
+from util_mindspore.training.optim import AdamW
 
 BIG = (1024, 1024)  # large enough to be drawn in chunks on the thread pool
 
@@ -54,7 +54,7 @@ import sys
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter
-from util_mindspore.optim import AdamW
+from util_mindspore.training.optim import AdamW
 from tests.helpers import ROOT
 
 def resident_mb():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import SUBPROCESS_COMPILE_CACHE
 from tests.helpers import ROOT, make_dataset, read_metrics, script, small_argv
-from util_mindspore.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 

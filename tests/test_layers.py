@@ -5,8 +5,8 @@ import pytest
 
 import models_vit_mindspore as M
 from tests.parity import assert_within, random_images, set_mode
-from util_mindspore.compute_policy import ComputePolicy, apply_policy
-from util_mindspore.layers import DropPath, Softmax
+from util_mindspore.models.compute_policy import ComputePolicy, apply_policy
+from util_mindspore.models.layers import DropPath, Softmax
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
 

@@ -1,7 +1,7 @@
 """Run logs: upstream's plain lines on rank 0; other ranks only warnings and their weight load report."""
 import logging
 
-from util_mindspore.logs import setup_logging
+from util_mindspore.process.logs import setup_logging
 
 
 def test_rank_0_logs_every_line_as_it_is_and_other_ranks_stay_quiet(capsys):

@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 
-import engine_finetune_mindspore
 import main_finetune_mindspore
 import models_vit_mindspore
 from tests.helpers import (
@@ -24,8 +23,9 @@ from tests.helpers import (
     script,
     small_argv,
 )
-from util_mindspore import metrics as metrics_lib
-from util_mindspore.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
+from util_mindspore.evaluation import metrics as metrics_lib
+from util_mindspore.training import classification as engine_finetune
 
 
 def digests(folder):
@@ -153,7 +153,7 @@ def test_resume_continues_a_run_exactly_and_a_best_checkpoint_starts_afresh(data
     uninterrupted (every lr, the weights and optimizer state, the log); checkpoint-best (weights only) says so in
     one line and starts at epoch 0."""
     seen = {}
-    original = engine_finetune_mindspore.train_one_epoch
+    original = engine_finetune.train_one_epoch
 
     def recording(train_step, loader, epoch, args, mixup_fn=None, tb_log=None):
         if seen.get("stop_at") == epoch:
@@ -161,7 +161,7 @@ def test_resume_continues_a_run_exactly_and_a_best_checkpoint_starts_afresh(data
         stats, lrs = original(train_step, loader, epoch, args, mixup_fn, tb_log)
         seen.setdefault(args.output_dir, {})[epoch] = lrs
         return stats, lrs
-    monkeypatch.setattr(engine_finetune_mindspore, "train_one_epoch", recording)
+    monkeypatch.setattr(engine_finetune, "train_one_epoch", recording)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     assert main_finetune_mindspore.run(small_argv(dataset, whole, epochs=3)) == 0
     seen["stop_at"] = 2
@@ -190,7 +190,7 @@ def test_resume_continues_a_run_exactly_and_a_best_checkpoint_starts_afresh(data
 def test_a_run_continued_without_its_optimizer_state_is_refused(copy_task, dataset, capsys):
     last = read_checkpoint(os.path.join(copy_task, "checkpoint-last.ckpt"))
     half = os.path.join(copy_task, "half.ckpt")
-    from util_mindspore.ckpt_format import save_arrays_ckpt
+    from util_mindspore.checkpoints.ckpt_format import save_arrays_ckpt
     save_arrays_ckpt({**last.weights, **dict(list(last.state.items())[::2])}, half,
                      append_dict={"epoch": 0, "best_score": 0.5, "meta": json.dumps(last.meta)})
     assert main_finetune_mindspore.run(small_argv(dataset, os.path.dirname(copy_task), extra=["--resume", half])) == 1
@@ -213,7 +213,7 @@ def test_damaged_or_cut_checkpoints_are_refused_by_every_reader(copy_task, datas
 def test_an_upstream_pth_as_resume_trains_from_its_weights(dataset, tmp_path, capsys):
     """--resume with upstream's checkpoint-best.pth during training: its weights, a fresh optimizer, epoch 0."""
     pytest.importorskip("torch")
-    from tests import checkpoint_layouts as layouts
+    from util_mindspore.reference import checkpoint_layouts as layouts
     pth = str(tmp_path / "checkpoint-best.pth")
     layouts.upstream_best(pth, "vit_tiny_patch16", img_size=32, depth=2, model=TINY)
     out = str(tmp_path / "out")
@@ -315,7 +315,7 @@ def test_a_folder_a_live_run_holds_is_refused_naming_it_and_a_dead_runs_lock_is_
     out = tmp_path / "out"
     (out / "t").mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from util_mindspore import run_lock\n"
+        "import sys, time; from util_mindspore.process import run_lock\n"
         "with run_lock.hold(sys.argv[1], 'training'):\n    print('held', flush=True); time.sleep(600)\n"),
         str(out / "t")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -411,8 +411,8 @@ def test_a_model_with_default_weights_starts_from_them_without_finetune(tmp_path
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
 
-    from tests.torch_reference import create_reference, randomize_
-    from util_mindspore import model_registry as R
+    from util_mindspore import registry as R
+    from util_mindspore.reference.torch_models import create_reference, randomize_
     weights = randomize_(create_reference("vit_tiny_patch16", img_size=48, num_classes=0, depth=2), seed=3)
     path = str(tmp_path / "model.safetensors")
     save_file({k: v.contiguous() for k, v in weights.state_dict().items() if isinstance(v, torch.Tensor)}, path)
@@ -439,9 +439,9 @@ def test_upstreams_dinov3_checkpoint_best_evaluates_as_the_model_predict_builds_
     import mindspore as ms
     from PIL import Image
 
-    from tests import checkpoint_layouts
     from tests.test_trained_model import reduced, softmax
-    from util_mindspore.transforms import EvalTransform
+    from util_mindspore.data.transforms import EvalTransform
+    from util_mindspore.reference import checkpoint_layouts
     pth = str(tmp_path / "checkpoint-best.pth")
     with reduced("dinov3_vits16") as small:
         checkpoint_layouts.upstream_best_dinov3(pth, "dinov3_vits16", img_size=32, depth=2)
@@ -462,8 +462,8 @@ def test_upstreams_dinov3_checkpoint_best_evaluates_as_the_model_predict_builds_
 def test_dinov3_fine_tunes_from_a_meta_checkpoint_as_upstreams_command_line(tmp_path, dataset):
     """--model Dinov3 --model_arch dinov3_vits16 --finetune <Meta .pth> at 2 blocks, then --eval --resume."""
     pytest.importorskip("torch")
-    from tests import checkpoint_layouts
     from tests.test_trained_model import reduced
+    from util_mindspore.reference import checkpoint_layouts
     meta = str(tmp_path / "dinov3_vits16_pretrain.pth")
     with reduced("dinov3_vits16") as small:
         checkpoint_layouts.meta_dinov3(meta, "dinov3_vits16", depth=2)

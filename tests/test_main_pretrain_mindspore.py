@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-import engine_pretrain_mindspore
 import export_mindspore
 import mae_visualize_mindspore
 import main_finetune_mindspore
 import main_pretrain_mindspore
 import predict_mindspore
 from tests.helpers import TINY, TOKEN, one_line_error, publish, read_tensorboard_scalars, small_argv
-from util_mindspore.train_checkpoint import read_checkpoint
+from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
+from util_mindspore.training import pretraining as engine_pretrain
 
 MAE = "mae_vit_tiny_patch16_depth2"
 
@@ -53,7 +53,7 @@ def test_pre_training_writes_upstreams_outputs_and_pictures(pretrained_run, data
 def test_resume_continues_a_pre_training_run_exactly(dataset, tmp_path, monkeypatch):
     """Two epochs, or one then --resume: the same weights and optimizer state (the masks come from the seed, the
     epoch and the step)."""
-    original = engine_pretrain_mindspore.train_one_epoch
+    original = engine_pretrain.train_one_epoch
 
     def stop_at_1(train_step, loader, epoch, *rest):
         if epoch == 1:
@@ -61,10 +61,10 @@ def test_resume_continues_a_pre_training_run_exactly(dataset, tmp_path, monkeypa
         return original(train_step, loader, epoch, *rest)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
     assert main_pretrain_mindspore.run(pretrain_argv(dataset, whole, extra=["--visualize", "0"])) == 0
-    monkeypatch.setattr(engine_pretrain_mindspore, "train_one_epoch", stop_at_1)
+    monkeypatch.setattr(engine_pretrain, "train_one_epoch", stop_at_1)
     with pytest.raises(KeyboardInterrupt):
         main_pretrain_mindspore.run(pretrain_argv(dataset, broken, extra=["--visualize", "0"]))
-    monkeypatch.setattr(engine_pretrain_mindspore, "train_one_epoch", original)
+    monkeypatch.setattr(engine_pretrain, "train_one_epoch", original)
     assert main_pretrain_mindspore.run(pretrain_argv(dataset, broken, extra=[
         "--visualize", "0", "--resume", os.path.join(broken, "checkpoint-0.ckpt")])) == 0
     a, b = (read_checkpoint(os.path.join(folder, "checkpoint-1.ckpt")) for folder in (whole, broken))
@@ -92,7 +92,7 @@ def test_a_published_checkpoint_is_continued_with_its_decoder(dataset, tmp_path,
     """--pretrained RETFound_mae_meh: encoder and decoder through the converter and its cache, a fresh optimizer;
     its own norm_pix_loss named when the run's differs; the reconstruction command reads it too."""
     pytest.importorskip("torch")
-    from tests import checkpoint_layouts as layouts
+    from util_mindspore.reference import checkpoint_layouts as layouts
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     publish(hub, tmp_path, "RETFound_mae_meh", lambda path: layouts.mae_published(path, img_size=32))
     out = str(tmp_path / "out")
@@ -113,7 +113,7 @@ def test_a_published_checkpoint_is_continued_with_its_decoder(dataset, tmp_path,
 def test_reconstruction_panels_are_the_notebooks(dataset):
     """original, masked (removed patches at ImageNet's mean), reconstruction, visible patches pasted back."""
     import models_vit_mindspore as M
-    from models_mae_mindspore import reconstruction_panels
+    from util_mindspore.training.pretraining import reconstruction_panels
     model = M.create_model(MAE, img_size=32)
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     noise = np.random.default_rng(1).random((2, 4), dtype=np.float32)
@@ -146,6 +146,6 @@ def test_bad_pre_training_flags_are_one_line(dataset, tmp_path, capsys, flags, m
 
 
 def test_upstreams_imagefolder_layout_reads_its_train_folder(dataset):
-    assert main_pretrain_mindspore.image_root(dataset) == os.path.join(dataset, "train")
-    assert main_pretrain_mindspore.image_root(os.path.join(dataset, "train", "a")) == os.path.join(dataset, "train",
-                                                                                                   "a")
+    from util_mindspore.training.pretraining import image_root
+    assert image_root(dataset) == os.path.join(dataset, "train")
+    assert image_root(os.path.join(dataset, "train", "a")) == os.path.join(dataset, "train", "a")

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from util_mindspore import metrics as metrics_lib
+from util_mindspore.evaluation import metrics as metrics_lib
 
 
 def upstream_metrics(labels, probs):
@@ -88,7 +88,7 @@ def test_metrics_csv_writes_nan_as_upstream(tmp_path):
 def test_fast_metrics_equal_the_scikit_learn_calls_on_resamples_with_ties_and_absent_classes():
     """The bootstrap's metrics (computed from the confusion matrix and rankings) equal compute_metrics' scikit-learn
     calls, ties in the scores and classes absent from a resample included."""
-    from util_mindspore.metrics import compute_metrics, fast_metrics
+    from util_mindspore.evaluation.metrics import compute_metrics, fast_metrics
     rng = np.random.default_rng(1)
     worst = 0.0
     for trial in range(200):
@@ -106,7 +106,12 @@ def test_fast_metrics_equal_the_scikit_learn_calls_on_resamples_with_ties_and_ab
 
 
 def test_bootstrap_intervals_are_reproducible_cover_the_value_and_are_written(tmp_path):
-    from util_mindspore.metrics import bootstrap_intervals, compute_metrics, read_intervals_csv, write_intervals_csv
+    from util_mindspore.evaluation.metrics import (
+        bootstrap_intervals,
+        compute_metrics,
+        read_intervals_csv,
+        write_intervals_csv,
+    )
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 3, 120)
     probs = np.eye(3)[labels] * 0.3 + rng.dirichlet(np.ones(3), 120) * 0.7  # better than chance, not perfect

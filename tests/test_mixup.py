@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
+from util_mindspore.data.mixup import Mixup, one_hot
 from util_mindspore.errors import ArgumentError
-from util_mindspore.mixup import Mixup, one_hot
 
 
 def test_one_hot_smoothing_as_timm():

@@ -9,13 +9,13 @@ from mindspore.nn.utils import no_init_parameters
 
 import models_vit_mindspore as M
 from tests.helpers import ROOT
-from util_mindspore import model_registry as R
+from util_mindspore import registry as R
 
 
 @functools.cache
 def parameters(name):
     with no_init_parameters():  # shapes only: nothing is drawn
-        model = M.create_model(name, img_size=224, num_classes=0)
+        model = M.create_model(name, img_size=224, num_classes=0 if R.get_config(name).is_classifier else None)
     return sum(math.prod(p.shape) for p in model.trainable_params())
 
 
@@ -23,7 +23,8 @@ def parameters(name):
 def test_every_name_builds_the_architecture_its_row_states(name):
     config = R.get_config(name)
     with no_init_parameters():
-        model = M.create_model(name, img_size=2 * config.patch_size * 2, num_classes=3, depth=1)
+        model = M.create_model(name, img_size=2 * config.patch_size * 2, depth=1,
+                               num_classes=3 if config.is_classifier else None)
     assert model.config.name == name and model.patch_embed.patch_size == config.patch_size
     assert model.patch_embed.proj.weight.shape == (config.embed_dim, 3, config.patch_size, config.patch_size)
     assert model.blocks[0].attn.num_heads == config.num_heads and len(model.blocks) == 1

@@ -1,4 +1,4 @@
-"""DINOv3 against timm 1.0.31's DINOv3 (the reference, run in a child process: tests/dinov3_reference.py), loading
+"""DINOv3 against timm 1.0.31's DINOv3 (the reference, run in a child process: util_mindspore/reference/dinov3.py), loading
 Meta-layout random checkpoints through timm's own key conversion; RoPE's training-time rescaling."""
 import mindspore as ms
 import numpy as np
@@ -25,7 +25,8 @@ def assert_dinov3_matches_timm(name, tmp_path, img_size, bound, depth=None):
     """Meta-layout random weights, loaded by us through the converter and by timm through its own key
     conversion; logits of the same images in graph mode, and PyNative giving graph mode's."""
     pytest.importorskip("torch")
-    from tests import checkpoint_layouts, dinov3_reference
+    from util_mindspore.reference import checkpoint_layouts
+    from util_mindspore.reference import dinov3 as dinov3_reference
     require(dinov3_reference.available(), dinov3_reference.install_hint())
     path = str(tmp_path / f"{name}_pretrain.pth")
     sd = checkpoint_layouts.meta_dinov3(path, name, depth=depth)
@@ -74,7 +75,7 @@ def test_rotary_coordinates_are_rescaled_in_training_only():
 def test_key_bias_mask_is_a_constant_checked_against_metas():
     """Meta's bias_mask buffers load as a check (the same 1 / 0 / 1 mask) and a different one is refused."""
     from util_mindspore.errors import WeightError
-    from util_mindspore.weights import load_arrays_into_model
+    from util_mindspore.models.weights import load_arrays_into_model
     model = M.create_model("dinov3_vits16", img_size=32, num_classes=0, depth=1)
     arrays = {name: p.asnumpy() for name, p in model.parameters_and_names()}
     mask = np.ones(3 * 384, np.float32)

@@ -1,4 +1,4 @@
-"""The masked autoencoder against upstream's models_mae.py (tests/torch_reference.UpstreamMAE) on the same weights
+"""The masked autoencoder against upstream's models_mae.py (util_mindspore/reference/torch_models.UpstreamMAE) on the same weights
 and masking noise: loss, prediction and mask; patchify / unpatchify; the fixed position tables."""
 import mindspore as ms
 import numpy as np
@@ -6,12 +6,12 @@ import pytest
 
 import models_vit_mindspore as M
 from tests.parity import assert_within, set_mode
-from util_mindspore.lr_decay import param_groups_weight_decay
-from util_mindspore.weights import load_arrays_into_model
+from util_mindspore.models.weights import load_arrays_into_model
+from util_mindspore.training.lr_decay import param_groups_weight_decay
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests.torch_reference import create_mae_reference, numpy_state_dict, randomize_  # noqa: E402
+from util_mindspore.reference.torch_models import create_mae_reference, numpy_state_dict, randomize_  # noqa: E402
 
 
 def mae_twin(name, size, norm_pix_loss, seed=3, **overrides):

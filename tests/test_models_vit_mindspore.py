@@ -9,7 +9,7 @@ from tests.parity import assert_within, both_modes, mindspore_twin, random_image
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2 (pip install -e '.[dev]')")
-from tests.torch_reference import create_reference, numpy_state_dict, randomize_  # noqa: E402
+from util_mindspore.reference.torch_models import create_reference, numpy_state_dict, randomize_  # noqa: E402
 
 
 def reference_logits(model, images):

@@ -14,11 +14,11 @@ import export_mindspore
 import predict_mindspore
 from tests.conftest import require
 from tests.helpers import ROOT, TINY, TOKEN, make_dataset, one_line_error, publish
-from util_mindspore.transforms import EvalTransform, NotebookEmbeddingTransform
+from util_mindspore.data.transforms import EvalTransform, NotebookEmbeddingTransform
 
 torch = pytest.importorskip("torch", reason="upstream's model is the reference")
-from tests import checkpoint_layouts as layouts  # noqa: E402
-from tests.torch_reference import create_reference  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference.torch_models import create_reference  # noqa: E402
 
 
 def read_csv(path):
@@ -138,7 +138,7 @@ def test_openvino_from_a_checkpoint_exports_once_verified_and_bfloat16_says_what
     reused on the next run; float32 by default; bfloat16 only when asked, reporting top-1 agreement and the
     largest probability difference on its float32 sample, in the summary and the report."""
     require(__import__("importlib").util.find_spec("openvino"), "openvino (pip install -e '.[openvino]')")
-    from util_mindspore.inference_runtimes import openvino_bfloat16_available
+    from util_mindspore.inference.runtimes import openvino_bfloat16_available
     pth, upstream = finetuned_pth
     data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 3})
     root = os.path.join(data, "test")
@@ -233,7 +233,7 @@ def test_bad_input_is_one_line_and_leaves_no_folder(tmp_path, finetuned_pth, cap
 
 
 def test_damaged_checkpoints_and_busy_folders_are_one_line(tmp_path, copy_task, capsys):
-    from util_mindspore import run_lock
+    from util_mindspore.process import run_lock
     best = os.path.join(copy_task, "checkpoint-best.ckpt")
     data = bytearray(open(best, "rb").read())
     data[len(data) // 2] ^= 0x04

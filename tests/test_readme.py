@@ -13,11 +13,11 @@ from PIL import Image
 
 import export_mindspore
 import models_vit_mindspore
-from tests import checkpoint_layouts as layouts
 from tests.conftest import require
 from tests.helpers import ROOT, TINY, TOKEN, publish
-from util_mindspore.train_checkpoint import save_checkpoint
-from util_mindspore.transforms import EvalTransform
+from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+from util_mindspore.data.transforms import EvalTransform
+from util_mindspore.reference import checkpoint_layouts as layouts
 
 README = open(os.path.join(ROOT, "README_MindSpore.md"), encoding="utf-8").read()
 

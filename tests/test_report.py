@@ -12,7 +12,7 @@ from PIL import Image
 import predict_mindspore
 from tests.conftest import require
 from tests.helpers import TINY, make_dataset
-from util_mindspore.report import per_class_rates
+from util_mindspore.evaluation.report import per_class_rates
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,7 +32,7 @@ def test_report_renders_in_headless_chromium_with_its_filters_legend_and_statist
     if os.environ.get("RETFOUND_REQUIRE_BROWSER") == "1":
         assert CHROMIUM
     pytest.importorskip("torch")
-    from tests import checkpoint_layouts as layouts
+    from util_mindspore.reference import checkpoint_layouts as layouts
     pth = str(tmp_path / "checkpoint-best.pth")
     layouts.upstream_best(pth, "vit_tiny_patch16", img_size=32, depth=2, model=TINY)
     data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 2})

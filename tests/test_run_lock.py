@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from tests.helpers import ROOT
-from util_mindspore import run_lock
+from util_mindspore.process import run_lock
 
 
 def test_a_live_holder_is_named_and_its_lock_goes_with_it(tmp_path):
     folder = str(tmp_path / "task")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from util_mindspore import run_lock\n"
+        "import sys; from util_mindspore.process import run_lock\n"
         "with run_lock.hold(sys.argv[1], 'prediction'):\n    print('held', flush=True); sys.stdin.read()\n"),
         folder], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -32,7 +32,7 @@ def test_a_live_holder_is_named_and_its_lock_goes_with_it(tmp_path):
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, caplog):
     folder = str(tmp_path / "task")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from util_mindspore import run_lock\n"
+        "import sys, time; from util_mindspore.process import run_lock\n"
         "with run_lock.hold(sys.argv[1], 'export'):\n    print('held', flush=True); time.sleep(600)\n"),
         folder], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

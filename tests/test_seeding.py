@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from util_mindspore.seeding import TorchCPUGenerator
+from util_mindspore.process.seeding import TorchCPUGenerator
 
 torch = pytest.importorskip("torch", reason="torch is the reference")
 

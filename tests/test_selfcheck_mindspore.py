@@ -51,7 +51,8 @@ def test_what_cannot_run_here_fails_in_one_line(capsys):
 
 def test_a_forward_outside_the_tolerance_fails(monkeypatch, capsys):
     """The check can fail: with a zero tolerance, float16's rounding is caught."""
-    monkeypatch.setitem(selfcheck_mindspore.TOLERANCE, "float16", 0.0)
+    from util_mindspore.models import compute_policy
+    monkeypatch.setattr(compute_policy, "REDUCED_TOLERANCE_UNITS", 0)
     assert selfcheck_mindspore.run([*TINY_FLAGS, "--amp_level", "O2", "--mode", "pynative", "--runtimes",
                                     "none"]) == 1
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """The published layouts reduced to our parameter names."""
 import numpy as np
 
-from util_mindspore.source_layouts import checkpoint_filter_fn, is_pretraining_only, source_args
+from util_mindspore.checkpoints.source_layouts import checkpoint_filter_fn, is_pretraining_only, source_args
 
 
 def test_layout_rules():

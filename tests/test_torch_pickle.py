@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from util_mindspore.conversion import download_and_convert_weights
+from util_mindspore.checkpoints.conversion import download_and_convert_weights
 from util_mindspore.errors import WeightError
 
 torch = pytest.importorskip("torch", reason="writing .pth files needs torch")
@@ -92,7 +92,7 @@ def test_safetensors_whose_header_points_past_the_data_are_refused(tmp_path):
 
 def test_views_offsets_and_zero_sized_tensors_still_read(tmp_path):
     """The bounds check takes a view's real extent: slices, transposes, offsets and empty tensors are fine."""
-    from util_mindspore import torch_pickle
+    from util_mindspore.checkpoints import torch_pickle
     base = torch.randn(6, 5)
     obj = {"slice": base[2:4, 1::2], "t": base.t(), "empty": torch.zeros(0, 3), "tail": base.reshape(-1)[27:]}
     path = str(tmp_path / "views.pth")

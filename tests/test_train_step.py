@@ -10,17 +10,17 @@ import pytest
 import models_vit_mindspore as M
 from engine_finetune_mindspore import train_one_epoch
 from tests.parity import assert_within, mindspore_twin, random_images, set_mode
-from util_mindspore.compute_policy import apply_policy, policy_for
-from util_mindspore.lr_decay import param_groups_lrd, param_groups_weight_decay
-from util_mindspore.lr_sched import learning_rate
-from util_mindspore.mixup import one_hot
-from util_mindspore.optim import AdamW
-from util_mindspore.train_step import ClassifierLoss, MaeLoss, TrainStep
-from util_mindspore.weights import load_arrays_into_model
+from util_mindspore.data.mixup import one_hot
+from util_mindspore.models.compute_policy import apply_policy, policy_for
+from util_mindspore.models.weights import load_arrays_into_model
+from util_mindspore.training.lr_decay import param_groups_lrd, param_groups_weight_decay
+from util_mindspore.training.lr_sched import learning_rate
+from util_mindspore.training.optim import AdamW
+from util_mindspore.training.train_step import ClassifierLoss, MaeLoss, TrainStep
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests.torch_reference import (  # noqa: E402
+from util_mindspore.reference.torch_models import (
     create_mae_reference,
     create_reference,
     cuda_autocast_on_cpu,

@@ -12,14 +12,14 @@ from PIL import Image
 import models_vit_mindspore as M
 from tests.conftest import require
 from tests.parity import assert_within, set_mode
-from util_mindspore import model_registry as R
+from util_mindspore import registry as R
+from util_mindspore.data.transforms import EvalTransform, NotebookEmbeddingTransform
 from util_mindspore.errors import WeightError
-from util_mindspore.transforms import EvalTransform, NotebookEmbeddingTransform
 
 torch = pytest.importorskip("torch", reason="writing upstream's checkpoints needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
-from tests.torch_reference import create_reference  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference.torch_models import create_reference  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -74,7 +74,7 @@ def test_upstream_checkpoint_best_of_each_vit_family_gives_upstreams_probabiliti
 def test_upstream_checkpoint_best_of_every_dinov3_size_gives_upstreams_probabilities(tmp_path, name):
     """upstream's --model Dinov3 output (Meta's keys, mask_token and bias_mask buffers, a head) against timm 1.0.31's
     DINOv3 with the same weights and head; ViT-L+ (no timm model) against its own load with its own head."""
-    from tests import dinov3_reference
+    from util_mindspore.reference import dinov3 as dinov3_reference
     require(dinov3_reference.available(), dinov3_reference.install_hint())
     path, raw = str(tmp_path / "checkpoint-best.pth"), str(tmp_path / f"{name}_pretrain.pth")
     with reduced(name) as small:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util_mindspore import transforms as T
+from util_mindspore.data import transforms as T
 from util_mindspore.errors import ArgumentError
 
 

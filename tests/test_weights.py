@@ -9,16 +9,16 @@ import pytest
 import models_vit_mindspore as M
 from tests.helpers import TOKEN, publish
 from tests.parity import assert_within, ms_logits, random_images, set_mode
-from util_mindspore import initializers
-from util_mindspore.conversion import CONVERTER_VERSION, download_and_convert_weights
+from util_mindspore.checkpoints.conversion import CONVERTER_VERSION, download_and_convert_weights
 from util_mindspore.errors import WeightError
-from util_mindspore.model_registry import get_config
-from util_mindspore.weights import load_pretrained_weights
+from util_mindspore.models import initializers
+from util_mindspore.models.weights import load_pretrained_weights
+from util_mindspore.registry import get_config
 
 torch = pytest.importorskip("torch", reason="writing checkpoints in the published layouts needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
-from tests import checkpoint_layouts as layouts  # noqa: E402
-from tests.torch_reference import create_reference  # noqa: E402
+from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
+from util_mindspore.reference.torch_models import create_reference  # noqa: E402
 
 
 def same_random_head(ref, ours):

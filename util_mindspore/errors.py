@@ -1,12 +1,10 @@
-"""The errors a user can act on, the helper that keeps their messages to one line, and the scripts' way out.
+"""The errors a user can act on, and the helper that keeps their messages to one line.
 
 `UserError` is bad input: data, flags, checkpoints, files, devices. Its message is one line that names the file,
-key or flag at fault; a script prints it as `error: ...` and exits 1. Everything else is a bug and keeps its
-traceback (a `KeyError` or `ValueError` from our own code is not dressed up as the user's fault).
+key or flag at fault; a script prints it as `error: ...` and exits 1 (util_mindspore/cli/startup.py). Everything
+else is a bug and keeps its traceback: code here raises a UserError only where it knows the input is at fault, and
+never turns another exception into one. This module imports nothing: every package may raise these.
 """
-import sys
-
-from util_mindspore.file_names import printable
 
 
 def first_line(exc):
@@ -33,41 +31,3 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss is not finite (a learning rate too high for the data, fp16 overflow without loss scaling)."""
-
-
-def user_message(exc):
-    """The one line `error: ...` shows for a UserError or a file / disk error (OSError names its path)."""
-    if isinstance(exc, OSError):
-        text = f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
-    else:
-        text = str(exc)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return printable(lines[0] if lines else type(exc).__name__)
-
-
-def exit_code(main, args, stop_message=None):
-    """main(args)'s exit code, or 1 after one line on stderr for what the user can act on: a UserError, or a file
-    that cannot be read or written (OSError: a missing file, a full or read-only disk). Anything else is a bug and
-    keeps its traceback. A SIGINT / SIGTERM taken by util_mindspore/interrupts.py ends with one line
-    (`stop_message(signum)`) and exit 130 / 143."""
-    from util_mindspore import interrupts
-
-    def stopped(signum, where=None):
-        text = stop_message(signum) if stop_message else f"stopped by {interrupts.signal_name(signum)}"
-        if where:  # "stopped by SIGTERM after epoch 3, step 20 of 100: ..."
-            name = f"stopped by {interrupts.signal_name(signum)}"
-            text = text.replace(name, f"{name} {where}", 1)
-        print(printable(text), file=sys.stderr)
-        return interrupts.EXIT_CODES[signum]
-
-    try:
-        return main(args)
-    except (UserError, OSError) as exc:
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        return 1
-    except interrupts.StopRequested as stop:
-        return stopped(stop.signum, stop.where)
-    except KeyboardInterrupt:
-        if not interrupts.active():
-            raise
-        return stopped(interrupts.requested() or interrupts.signal.SIGINT)

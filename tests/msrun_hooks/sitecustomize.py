@@ -9,7 +9,7 @@ import os
 if os.environ.get("RETFOUND_TEST_DIGEST_DIR"):
     import numpy as np
 
-    import engine_finetune_mindspore as engine
+    from util_mindspore.training import classification as engine
 
     _evaluate = engine.evaluate
 
