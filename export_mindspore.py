@@ -91,7 +91,7 @@ def prepare_output_dir(path: str) -> None:
             pass
         os.remove(probe)
     except OSError as exc:
-        raise export.ExportError(f"--output_dir {path} is not writable: {exc.strerror or exc}") from None
+        raise export.ExportError(f"--output_dir {path} is not writable: {exc.strerror or exc}") from exc
 
 
 def export_files(args: argparse.Namespace, trained: models_vit_mindspore.TrainedModel, formats: List[str],

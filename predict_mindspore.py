@@ -32,7 +32,7 @@ from util_mindspore.errors import ArgumentError
 from util_mindspore.evaluation.report import write_report
 from util_mindspore.files.atomic import remove_stale_temporaries
 from util_mindspore.inference.outputs import PredictionWriter
-from util_mindspore.inference.predict import embedding_metadata, predict, summary_lines
+from util_mindspore.inference.predict import Timing, embedding_metadata, predict, summary_lines
 from util_mindspore.inference.runtime_loader import build_runtime, check_runtime
 from util_mindspore.process import distributed, interrupts, run_lock
 from util_mindspore.registry import resolve_model_name
@@ -112,7 +112,7 @@ def check_args(args: argparse.Namespace) -> None:
         try:
             re.compile(args.group_by)
         except re.error as exc:
-            raise ArgumentError(f"--group_by {args.group_by}: not a regular expression ({exc})") from None
+            raise ArgumentError(f"--group_by {args.group_by}: not a regular expression ({exc})") from exc
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,8 +135,9 @@ def main(args: argparse.Namespace) -> int:
         if args.heatmaps:
             os.makedirs(args.heatmaps, exist_ok=True)
         report_rows = [] if args.report else None
+        timing = Timing()
         try:
-            predict(args, runtime, items, writer, report_rows, target_index)
+            predict(args, runtime, items, writer, report_rows, target_index, timing)
         except BaseException:
             if writer:
                 writer.close(keep=False)
@@ -144,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         if not writer:
             return 0
         writer.close(keep=True)
-        lines = summary_lines(args, runtime, writer)
+        lines = summary_lines(args, runtime, writer, timing)
         if args.report:
             write_report(os.path.join(args.output_dir, "report.html"), report_rows, runtime.class_names,
                          runtime.description, args.report_max_images, notes=lines[1:-1])

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import List, Optional
 
 import mindspore as ms
@@ -103,7 +104,7 @@ def _run_reference(args, folder):
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the float32 CPU reference process failed: {tail}")
+        raise UserError(f"the float32 CPU reference process failed: {tail}")
     return np.load(os.path.join(folder, "reference.npy"))
 
 
@@ -252,7 +253,10 @@ def run(argv: Optional[List[str]] = None) -> int:
             args.input_size = args.input_size or get_config(args.model).default_input_size
             args.device, args.amp_level = device.configure(args)
             check(args, report, folder)
-    except (UserError, RuntimeError) as exc:  # DeviceError, WeightError; a failed reference process
+    except UserError as exc:  # DeviceError, WeightError, a failed reference process
+        report.add("error", False, first_line(exc))
+    except RuntimeError as exc:  # what MindSpore raises when the device cannot compile or run a graph
+        traceback.print_exc()  # the whole of it on stderr: it is what to send with a bug report
         lines = [line for line in str(exc).splitlines() if line.strip(" -")]  # MindSpore's errors open with dashes
         report.add("error", False, lines[0] if lines else type(exc).__name__)
     print(f"self-check: {'FAILED' if report.failed else 'all checks passed'}")

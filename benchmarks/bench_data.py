@@ -79,16 +79,17 @@ def epoch(args):
     """One epoch of the tiny model, as train_one_epoch runs it, with the time spent waiting for data."""
     import mindspore as ms
 
-    import models_vit_mindspore
-    from engine_finetune_mindspore import TrainStep
     from util_mindspore.data.datasets import Loader, build_dataset
     from util_mindspore.data.mixup import one_hot
+    from util_mindspore.models.factory import create_model
     from util_mindspore.training.lr_decay import param_groups_lrd
     from util_mindspore.training.optim import AdamW
+    from util_mindspore.training.train_step import ClassifierLoss, TrainStep
     ms.set_context(mode=ms.GRAPH_MODE)
-    model = models_vit_mindspore.create_model("vit_tiny_patch16", img_size=224, num_classes=2, drop_path_rate=0.1)
+    model = create_model("vit_tiny_patch16", img_size=224, num_classes=2, drop_path_rate=0.1)
     scales, decays, _ = param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65)
-    step = TrainStep(model, AdamW(model.trainable_params(), scales, decays), clip_grad=None)
+    step = TrainStep(ClassifierLoss(model), AdamW(model.trainable_params(), scales, decays), clip_grad=None,
+                     loss_scaling=False)
     step.set_train(True)
     dataset = build_dataset("train", data_args(args.data, args.workers, args.batch_size))
     loader = Loader(dataset, args.batch_size, train=True, num_workers=args.workers)

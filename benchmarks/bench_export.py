@@ -31,10 +31,10 @@ RUNTIMES = (("torch", "torch", None, ()), ("mindspore", "mindspore", None, ()),
 def export_files(args, folder):
     import mindspore as ms
 
-    import models_vit_mindspore
     from util_mindspore.inference import export
+    from util_mindspore.models.factory import create_model
     ms.set_context(mode=ms.GRAPH_MODE)
-    model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=5)
+    model = create_model(args.model, img_size=args.input_size, num_classes=5)
     model.set_train(False)
     for fmt in export.FORMATS:
         check = export.export_verified(model, model, fmt, folder, args.model, args.input_size)

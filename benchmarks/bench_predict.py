@@ -16,6 +16,7 @@ grow with the count.
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -55,65 +56,37 @@ def make_images(folder, count, size, seed=0):
 def make_checkpoint(path, model_name, input_size):
     import mindspore as ms
 
-    import models_vit_mindspore
     from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+    from util_mindspore.models.factory import create_model
     ms.set_context(mode=ms.GRAPH_MODE)
-    model = models_vit_mindspore.create_model(model_name, img_size=input_size, num_classes=NUM_CLASSES)
+    model = create_model(model_name, img_size=input_size, num_classes=NUM_CLASSES)
     args = argparse.Namespace(model=model_name, input_size=input_size, global_pool=True, nb_classes=NUM_CLASSES)
     save_checkpoint(path, model, None, 0, 0.0, [f"grade_{i}" for i in range(NUM_CLASSES)], args)
 
 
-class FirstBatchClock:
-    """The runtime, noting when its first batch ends (the steady-state clock starts there)."""
-
-    def __init__(self, runtime):
-        self.runtime, self.first = runtime, None
-
-    def __getattr__(self, name):
-        return getattr(self.runtime, name)
-
-    def __call__(self, images):
-        out = self.runtime(images)
-        self.first = self.first or time.perf_counter()
-        return out
-
-
 def export_files(checkpoint, folder):
     """The checkpoint as ONNX and OpenVINO IR, through export_mindspore.py (verified as a user's export is)."""
-    import export_mindspore
-    code = export_mindspore.run(["--resume", checkpoint, "--format", "onnx,openvino", "--output_dir", folder,
-                                 "--name", "model"])
-    if code:
-        raise SystemExit(code)
+    subprocess.run([sys.executable, os.path.join(ROOT, "export_mindspore.py"), "--resume", checkpoint, "--format",
+                    "onnx,openvino", "--output_dir", folder, "--name", "model"], check=True)
 
 
 def run_predict(args):
-    """predict_mindspore.py's own functions with the row's runtime, timed around its prediction loop."""
-    import predict_mindspore
-    from util_mindspore.data.image_sources import list_images
-    from util_mindspore.inference.outputs import PredictionWriter
-
+    """predict_mindspore.py as a user runs it, with the row's runtime: its summary's speed line is the steady rate
+    (after the first batch, which holds compilation); its peak RSS is the child's own (wait4)."""
     kind, exported, precision = RUNTIMES[args.runtime]
     resume = os.path.splitext(args.checkpoint)[0] + f".{exported}" if exported else args.checkpoint
-    pargs = predict_mindspore.get_args_parser().parse_args(
-        ["--resume", resume, "--data_path", args.data, "--output_dir", args.out, "--batch_size",
-         str(args.batch_size), "--num_workers", str(args.workers), "--device", "CPU", "--runtime", kind,
-         "--precision", precision, "--precision_sample", str(args.batch_size)])
-    predict_mindspore.check_args(pargs)
-    runtime = predict_mindspore.build_runtime(pargs)
-    target = predict_mindspore.check_runtime(pargs, runtime)
-    items = list_images(pargs.data_path, runtime.class_names)
-    os.makedirs(pargs.output_dir, exist_ok=True)
-    writer = PredictionWriter(pargs.output_dir, len(items), runtime.class_names, False, None, None)
-    clock = FirstBatchClock(runtime)
-    started = time.perf_counter()
-    predict_mindspore.predict(pargs, clock, items, writer, None, target)
-    ended = time.perf_counter()
-    writer.close(keep=True)
-    check = getattr(runtime, "precision_check", lambda: None)()
-    if check:
-        print(check, file=sys.stderr)
-    return len(items), started, clock.first, ended
+    command = [sys.executable, os.path.join(ROOT, "predict_mindspore.py"), "--resume", resume, "--data_path",
+               args.data, "--output_dir", args.out, "--batch_size", str(args.batch_size), "--num_workers",
+               str(args.workers), "--runtime", kind, "--precision", precision, "--precision_sample",
+               str(args.batch_size)] + (["--device", "CPU"] if kind == "mindspore" else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    out, err = done.stdout, done.stderr
+    if done.returncode:
+        raise SystemExit(err.strip().splitlines()[-1] if err.strip() else f"predict exited {done.returncode}")
+    speed = re.search(r"speed: ([\d.nan]+) img/s .*; (\d+) images in ([\d.]+) s", out)
+    check = [line for line in out.splitlines() if line.startswith("bfloat16 against float32")]
+    return {"images": int(speed.group(2)), "img_per_s": float(speed.group(1)), "loop_s": float(speed.group(3)),
+            "precision_check": check[-1] if check else None}
 
 
 def run_torch(args):
@@ -141,7 +114,17 @@ def run_torch(args):
 
 
 def child(args):
-    count, started, first, ended = (run_torch if args.runtime == "torch" else run_predict)(args)
+    """One measurement in a fresh process: torch in this process, predict in its own child (the only child, so
+    RUSAGE_CHILDREN's peak is predict's)."""
+    if args.runtime != "torch":
+        result = run_predict(args)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        check = result.pop("precision_check")
+        if check:
+            print(check, file=sys.stderr)
+        print(json.dumps({"runtime": args.runtime, **result, "peak_rss_mb": round(peak / 1024)}))
+        return
+    count, started, first, ended = run_torch(args)
     steady = (count - min(count, args.batch_size)) / (ended - first) if ended > first else float("nan")
     print(json.dumps({"runtime": args.runtime, "images": count, "img_per_s": round(steady, 3),
                       "loop_s": round(ended - started, 1),
@@ -187,8 +170,7 @@ def main():
                     f"bench_predict.make_checkpoint({checkpoint!r}, {args.model!r}, {args.input_size})"], check=True)
     rows = args.runtimes.split(",")
     if any(RUNTIMES.get(row, (None, None))[1] for row in rows):
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{ROOT!r}, {HERE!r}]; import bench_predict; "
-                        f"bench_predict.export_files({checkpoint!r}, {work!r})"], check=True)
+        export_files(checkpoint, work)
     results = {}
     for _ in range(args.rounds):
         for runtime in rows:

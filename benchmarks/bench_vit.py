@@ -36,9 +36,9 @@ def peak_rss_mb():
 def run_mindspore(args, images, labels):
     import mindspore as ms
 
-    import models_vit_mindspore
     from util_mindspore.data.mixup import one_hot
     from util_mindspore.models.compute_policy import apply_policy, needs_loss_scaling, policy_for
+    from util_mindspore.models.factory import create_model
     from util_mindspore.process.compile_cache import cache_root, enable_compile_cache
     from util_mindspore.training.lr_decay import param_groups_lrd, param_groups_weight_decay
     from util_mindspore.training.optim import AdamW
@@ -48,7 +48,7 @@ def run_mindspore(args, images, labels):
     scaling = needs_loss_scaling(args.amp_level, "float16")
     x, lr = ms.Tensor(images), ms.Tensor(1e-4, ms.float32)
     if args.mode == "pretrain":
-        model = models_vit_mindspore.create_model(args.model, img_size=args.input_size)
+        model = create_model(args.model, img_size=args.input_size)
         apply_policy(model, policy_for(args.amp_level, "float16", "CPU"))
         scales, decays = param_groups_weight_decay(model, 0.05)
         step = TrainStep(MaeLoss(model, 0.75), AdamW(model.trainable_params(), scales, decays, betas=(0.9, 0.95)),
@@ -56,7 +56,7 @@ def run_mindspore(args, images, labels):
         step.set_train(True)
         noise = ms.Tensor(masking_noise(args.batch_size, model.num_patches))
         return lambda: step(x, noise, lr, True)[0].asnumpy()
-    model = models_vit_mindspore.create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
+    model = create_model(args.model, img_size=args.input_size, num_classes=args.num_classes,
                                               drop_path_rate=0.1 if args.mode == "train" else 0.0)
     apply_policy(model, policy_for(args.amp_level, "float16", "CPU"))
     if args.mode == "infer":

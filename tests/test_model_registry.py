@@ -69,7 +69,7 @@ def test_upstream_family_names_pick_a_size_with_model_arch():
     assert R.resolve_model_name("RETFound_mae", "dinov3_vits16") == "RETFound_mae"  # ignored, as upstream
     with pytest.raises(R.UnknownModelError, match="--model Dinov2 --model_arch dinov2_vitx14: choose --model_arch"):
         R.resolve_model_name("Dinov2", "dinov2_vitx14")
-    with pytest.raises(KeyError, match="unknown model 'RETFound_mea'; choose one of: RETFound_dinov2"):
+    with pytest.raises(R.UnknownModelError, match="^unknown model 'RETFound_mea'; choose one of: RETFound_dinov2"):
         M.create_model("RETFound_mea")
     assert set(R.upstream_families()) == {"Dinov2", "Dinov3"}
     assert "mae_vit_large_patch16" not in R.list_models() and "mae_vit_large_patch16" in R.list_models(False)

@@ -17,15 +17,16 @@ from util_mindspore.errors import UserError
 # "bicubic_antialias" is timm's resample_abs_pos_embed, which timm.create_model(pretrained=True) applies.
 POS_EMBED_RESIZES = ("bicubic", "bicubic_antialias")
 
-# Which vector `--embeddings` (predict, export, the Python API's forward_embedding) gives:
+# Which vector `--embeddings` (predict, export, the Python API's forward_embedding) gives, in the words written into
+# outputs' metadata; "forward_features" depends on the pooling (describe_embedding)
 EMBEDDINGS = {
-    # upstream's forward_features: fc_norm(mean of the patch tokens) with global pool (fc_norm applied once; a
-    # published encoder has no fc_norm, so it keeps its initial weight 1 / bias 0, as latent_feature.ipynb's
-    # non-strict load leaves it), else norm(x)[:, 0]
-    "forward_features": "upstream's forward_features: fc_norm(mean of patch tokens), or norm(class token)",
+    # upstream's forward_features: fc_norm applied once (a published encoder has no fc_norm, so it keeps its initial
+    # weight 1 / bias 0, as latent_feature.ipynb's non-strict load leaves it)
+    "forward_features": {True: "fc_norm(mean of the patch tokens) (upstream's forward_features, global pool)",
+                         False: "norm(class token) (upstream's forward_features, --cls_token)"},
     # latent_feature.ipynb's DINOv2 vector: the mean of the normed patch tokens through a fresh LayerNorm
     "patch_mean_layernorm": "mean of the normed patch tokens, then a LayerNorm without weights "
-                            "(latent_feature.ipynb's DINOv2 vector)",
+                            "(latent_feature.ipynb's DINOv2)",
     # DINOv3's x_norm_clstoken, what its head reads
     "class_token": "the class token after the final norm (x_norm_clstoken)",
 }
@@ -172,19 +173,16 @@ _TABLE = [
 MODEL_CONFIGS: Dict[str, ModelConfig] = {config.name: config for config in _TABLE}
 
 
-class UnknownModelError(UserError, KeyError):
-    """A model name the table does not hold: a user error (one line), and a KeyError, as a dict lookup."""
-
-    def __str__(self):
-        return str(self.args[0]) if self.args else ""
+class UnknownModelError(UserError):
+    """A model name the table does not hold (--model, --model_arch, a checkpoint's arguments): one line listing
+    the choices."""
 
 
 def get_config(name: str) -> ModelConfig:
     """The configuration of a registered name; UnknownModelError lists the choices."""
-    try:
-        return MODEL_CONFIGS[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}") from None
+    if name not in MODEL_CONFIGS:
+        raise UnknownModelError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+    return MODEL_CONFIGS[name]
 
 
 def register(config: ModelConfig) -> ModelConfig:
@@ -260,6 +258,12 @@ def describe_vit(embed_dim: int, depth: int, patch_size: int) -> str:
     names = architectures_like(embed_dim, depth, patch_size)
     like = f" (like --model {' / '.join(names)})" if names else ""
     return f"a ViT of width {embed_dim}, {depth} block{'s' if depth != 1 else ''}, patch {patch_size}{like}"
+
+
+def describe_embedding(config: ModelConfig, global_pool: bool) -> str:
+    """What forward_embedding gives for this row at this pooling, in words (EMBEDDINGS)."""
+    text = EMBEDDINGS[config.embedding]
+    return text[bool(global_pool)] if isinstance(text, dict) else text
 
 
 def encoder_config(config: ModelConfig) -> ModelConfig:

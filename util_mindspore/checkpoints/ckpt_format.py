@@ -179,7 +179,7 @@ def save_arrays_ckpt(arrays, path, append_dict=None):
         os.replace(tmp, path)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:  # a full or read-only disk: name the file (the write calls do not)
-        raise OSError(exc.errno, exc.strerror or str(exc), exc.filename or path) from None
+        raise OSError(exc.errno, exc.strerror or str(exc), exc.filename or path) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -350,9 +350,9 @@ def read_ckpt_entries(path, complete_without_marker=None):
         entries, _, _ = _read_plain_ckpt(path)
     except _NotPlainCkpt as exc:
         raise WeightError(f"{path}: incomplete or damaged checkpoint ({exc}): no end marker; a crash or an "
-                          "interrupted copy?") from None
+                          "interrupted copy?") from exc
     except OSError as exc:
-        raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first_line(exc)}") from None
+        raise WeightError(f"{path}: unreadable MindSpore checkpoint: {first_line(exc)}") from exc
     last_name = list(entries)[-1] if entries else None
     if complete_without_marker is not None and complete_without_marker(entries, last_name):
         return entries
@@ -369,7 +369,7 @@ def seal_ckpt(path):
     try:
         _, messages, _ = _read_plain_ckpt(path)
     except _NotPlainCkpt as exc:
-        raise WeightError(f"{path}: cannot seal it: {exc}") from None
+        raise WeightError(f"{path}: cannot seal it: {exc}") from exc
     tmp = partial_name(path)
     try:
         with open(path, "rb") as src, open(tmp, "w+b", buffering=0) as fh:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import time
 import zipfile
@@ -59,33 +60,47 @@ def _read_torch_file(path):
                 from None
         if head[:1] != b"\x80":  # the legacy format is a pickle (protocol 2+): anything else is not torch's
             raise WeightError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
-        import torch  # only torch reads the legacy format; without it the ImportError reports "unreadable"
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def read_checkpoint_file(path):
-    """The object stored in a checkpoint file, tensors left lazy where the format allows."""
+        try:
+            import torch  # only torch reads the legacy format
+        except ImportError:
+            raise WeightError(f"{path}: a legacy (torch < 1.6) checkpoint: reading it needs torch (pip install -e "
+                              "\".[torch]\"), or re-save it with a current torch") from None
     try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.numpy import load_file
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's refusal of an object outside its allow-list, or a bad pickle
+        if "weights_only" in str(exc).lower() or "Unsupported global" in str(exc):
+            raise _refused_legacy_pickle(path, exc) from exc
+        raise _unreadable(path, exc) from exc
+    except (EOFError, RuntimeError) as exc:  # a cut legacy file; torch's "invalid magic number" and the like
+        raise _unreadable(path, exc) from exc
+
+
+def _refused_legacy_pickle(path: str, exc: BaseException) -> WeightError:
+    """torch.load(weights_only=True) refusing an object of a legacy checkpoint, in one line saying what it needs."""
+    needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    what = needed.group(1) if needed else "beyond tensors and dicts"
+    return WeightError(f"{path}: refusing to load it: the checkpoint needs the Python object {what}, and "
+                       "unpickling it could run code; if you trust it, re-save its weights with "
+                       "torch.save(model.state_dict(), ...)")
+
+
+def read_checkpoint_file(path: str) -> object:
+    """The object stored in a checkpoint file, tensors left lazy where the format allows. A damaged or unsafe file
+    is one line (WeightError, its cause chained); any other exception is a bug and keeps its traceback."""
+    if path.lower().endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        try:
             return load_file(path)
+        except SafetensorError as exc:
+            raise _unreadable(path, exc) from exc
+    try:
         return _read_torch_file(path)
-    except WeightError:
-        raise
     except torch_pickle.UnsafePickleError as exc:
-        raise WeightError(first_line(exc)) from None
+        raise WeightError(first_line(exc)) from exc
     except torch_pickle.DamagedCheckpoint as exc:
-        raise WeightError(f"{path}: damaged checkpoint: {first_line(exc)}") from None
-    except Exception as exc:  # corrupt, truncated, unsafe: one line, no traceback for the user
-        text = str(exc)
-        if "weights_only" in text.lower() or "Unsupported global" in text:  # torch's refusal of a legacy pickle
-            needed = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            what = needed.group(1) if needed else "beyond tensors and dicts"
-            raise WeightError(f"{path}: refusing to load it: the checkpoint needs the Python object {what}, and "
-                              "unpickling it could run code; if you trust it, re-save its weights with "
-                              "torch.save(model.state_dict(), ...)") from None
-        raise WeightError(f"{path}: unreadable (truncated or corrupt?) checkpoint: {first_line(exc)}") from None
+        raise WeightError(f"{path}: damaged checkpoint: {first_line(exc)}") from exc
 
 
 def _sha256(path, chunk=16 << 20):
@@ -183,8 +198,8 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
         names, size = list(state_dict), os.fstat(source_file.fileno()).st_size
         try:
             ranges = {k: v.file_range() for k, v in state_dict.items() if isinstance(v, torch_pickle.LazyTensor)}
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise _unreadable(path, exc) from None
+        except (torch_pickle.DamagedCheckpoint, OSError) as exc:
+            raise _unreadable(path, exc) from exc
         ranges = {k: r for k, r in ranges.items() if r is not None and sum(r) <= size}
         copied = {state_dict[k].storage.name: state_dict[k].storage for k in ranges}
         crc_checked = checker.submit(_check_storages, list(copied.values()))
@@ -200,13 +215,13 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
                     continue
                 try:
                     array = _to_numpy(value, buffers[i % len(buffers)])
-                except (zipfile.BadZipFile, OSError) as exc:  # a storage's CRC or size is wrong
-                    raise _unreadable(path, exc) from None
+                except (torch_pickle.DamagedCheckpoint, OSError) as exc:  # a storage's CRC or size is wrong
+                    raise _unreadable(path, exc) from exc
                 yield key, array.astype(np.float32, copy=False) if np.issubdtype(array.dtype, np.floating) else array
             try:  # before save_arrays_ckpt renames its temp file
                 crc_checked.result()
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise _unreadable(path, exc) from None
+            except (torch_pickle.DamagedCheckpoint, OSError) as exc:
+                raise _unreadable(path, exc) from exc
 
         save_arrays_ckpt(tensors(), ckpt_path, append_dict={"meta": json.dumps(ckpt_meta)})
     meta = dict(extra_meta, source_name=source.name, layout=layout,

@@ -77,9 +77,21 @@ def hub_file_etag(source, token, revision):
                      endpoint=os.environ.get("HF_ENDPOINT") or None)
     try:
         return get_hf_file_metadata(url, token=token).etag
-    except Exception as exc:  # HTTP errors, offline mode, connection errors and timeouts of any HTTP client
+    except _hub_unreachable() as exc:
         logger.info("could not ask the hub for %s/%s (%s)", source.repo_id, source.filename, first_line(exc))
         return None
+
+
+def _hub_unreachable() -> tuple:
+    """What asking the hub raises when it cannot answer: its HTTP errors (HfHubHTTPError), offline mode, and the
+    HTTP client's transport errors (httpx's in huggingface_hub >= 1, requests' before: both OSError there), and
+    timeouts; anything else is a bug and propagates."""
+    from huggingface_hub.utils import HfHubHTTPError, OfflineModeIsEnabled
+    try:
+        from huggingface_hub.errors import HTTPError as TransportError  # the HTTP client's base error
+    except ImportError:
+        TransportError = OSError
+    return HfHubHTTPError, OfflineModeIsEnabled, TransportError, OSError, TimeoutError
 
 
 def download(source, token, revision):
@@ -104,9 +116,9 @@ def download(source, token, revision):
     except RepositoryNotFoundError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise WeightError(_gated_message(source)) from None
+            raise WeightError(_gated_message(source)) from exc
         raise WeightError(f"{source.repo_id}: repository not found on the hub "
-                          f"({os.environ.get('HF_ENDPOINT') or 'huggingface.co'})") from None
+                          f"({os.environ.get('HF_ENDPOINT') or 'huggingface.co'})") from exc
     except RevisionNotFoundError:
         raise WeightError(f"{where}: revision '{revision}' not found") from None
     except EntryNotFoundError:
@@ -114,8 +126,8 @@ def download(source, token, revision):
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise WeightError(_gated_message(source)) from None
-        raise WeightError(f"{where}: download failed: {first_line(exc)}") from None
+            raise WeightError(_gated_message(source)) from exc
+        raise WeightError(f"{where}: download failed: {first_line(exc)}") from exc
 
 
 def _gated_message(source):

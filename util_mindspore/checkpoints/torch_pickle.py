@@ -7,10 +7,12 @@ parts we drop (MAE decoder, DINO heads, optimizer state) never cost memory.
 """
 import argparse
 import collections
+import errno
 import os
 import pickle
 import struct
 import zipfile
+from typing import Optional
 
 import numpy as np
 
@@ -51,13 +53,21 @@ class _Storage:
             return None
         local = os.pread(self.archive.fp.fileno(), 30, info.header_offset)  # name, extra lengths at bytes 26-29
         if local[:4] != b"PK\x03\x04":
-            raise zipfile.BadZipFile(f"bad local header for {self.name}")
+            raise DamagedCheckpoint(f"bad local header for {self.name}")
         return info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
 
-    def read(self, buffer=None):
+    def read(self, buffer: Optional[np.ndarray] = None) -> np.ndarray:
         """The storage as a flat array, its CRC-32 checked. With `buffer` (a writable uint8 array) the bytes are
         read into it and the result is a view of it: a converter that recycles a few buffers touches no new
-        memory per tensor (new memory is slow to fault in on some VMs)."""
+        memory per tensor (new memory is slow to fault in on some VMs). Bytes the zip reader cannot parse, or a
+        wrong CRC-32, are DamagedCheckpoint."""
+        try:
+            return self._read(buffer)
+        except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, NotImplementedError, struct.error,
+                OverflowError) as exc:
+            raise DamagedCheckpoint(f"tensor storage {self.name}: {_first_line(exc)}") from exc
+
+    def _read(self, buffer: Optional[np.ndarray]) -> np.ndarray:
         info = self.archive.getinfo(self.name)
         start = self.data_offset() if buffer is not None and info.file_size <= buffer.size else None
         if start is None:
@@ -181,22 +191,54 @@ class _SafeUnpickler(pickle.Unpickler):
         return storage
 
 
-def load(path):
+# What the zip and pickle readers raise on bytes that are not what they should be (flipped, cut, forged): a damaged
+# file, never our bug. OSError only for EINVAL (a seek to a forged offset); other OSErrors are the disk's.
+_DAMAGED_BYTES = (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, UnicodeDecodeError, struct.error,
+                  NotImplementedError, OverflowError, ValueError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _damaged(path: str, exc: BaseException) -> "DamagedCheckpoint":
+    return DamagedCheckpoint(f"{path}: {_first_line(exc)}")
+
+
+def load(path: str) -> object:
     """Unpickle a torch zip checkpoint into plain Python objects with LazyTensor leaves.
 
-    The zip archive stays open as long as the returned tensors are referenced.
+    The zip archive stays open as long as the returned tensors are referenced. A file that is not a zip archive is
+    NotZipCheckpoint (it may be a legacy torch file); bytes the zip or pickle reader cannot parse are
+    DamagedCheckpoint, their cause chained; anything else raised here is a bug and propagates as it is.
     """
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise NotZipCheckpoint(f"{path}: not a PyTorch zip checkpoint ({exc}); legacy (torch < 1.6) files and "
-                         "truncated downloads are not readable") from None
+                               "truncated downloads are not readable") from exc
+    except (NotImplementedError, UnicodeDecodeError, struct.error, OverflowError, ValueError) as exc:
+        raise _damaged(path, exc) from exc
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise _damaged(path, exc) from exc
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
-        raise ValueError(f"{path}: no data.pkl in the archive: not a PyTorch checkpoint")
+        raise DamagedCheckpoint(f"{path}: no data.pkl in the archive: not a PyTorch checkpoint")
     root = pickles[0].split("/")[0]
     byteorder = f"{root}/byteorder"
-    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-        raise ValueError(f"{path}: big-endian checkpoints are not supported")
-    with archive.open(pickles[0]) as fh:
-        return _SafeUnpickler(fh, archive, root, path).load()
+    try:
+        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+            raise DamagedCheckpoint(f"{path}: big-endian checkpoints are not supported")
+        with archive.open(pickles[0]) as fh:
+            return _SafeUnpickler(fh, archive, root, path).load()
+    except (UnsafePickleError, DamagedCheckpoint):
+        raise
+    except _DAMAGED_BYTES as exc:
+        raise _damaged(path, exc) from exc
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise _damaged(path, exc) from exc

@@ -21,6 +21,7 @@ from util_mindspore.registry import (
     MODEL_CONFIGS,
     ModelConfig,
     UnknownModelError,
+    describe_embedding,
     describe_vit,
     encoder_config,
     get_config,
@@ -156,7 +157,7 @@ def read_trained_checkpoint(source: str, model_name: Optional[str] = None, nb_cl
         if not class_names or len(class_names) != head_classes:
             class_names = [f"class_{i}" for i in range(head_classes)]
     may_stay_initial = []
-    embedding = _describe_embedding(config, pool)
+    embedding = describe_embedding(config, pool)
     if pool and not has_fc_norm and not with_head:
         # upstream's latent_feature.ipynb: RETFound_mae(global_pool=True) loads a published encoder non-strictly,
         # so fc_norm keeps its initial weight 1 / bias 0
@@ -174,13 +175,3 @@ def _check_architecture(source: str, config: ModelConfig, weights: Dict[str, np.
     if held != (config.embed_dim, config.depth, config.patch_size):
         raise WeightError(f"{source} does not fit --model {config.name} (width {config.embed_dim}, {config.depth} "
                           f"blocks, patch {config.patch_size}): it holds {describe_vit(*held)}")
-
-
-def _describe_embedding(config: ModelConfig, global_pool: bool) -> str:
-    if config.embedding == "patch_mean_layernorm":
-        return "mean of the normed patch tokens, then a LayerNorm without weights (latent_feature.ipynb's DINOv2)"
-    if config.embedding == "class_token":
-        return "the class token after the final norm (x_norm_clstoken)"
-    if global_pool:
-        return "fc_norm(mean of the patch tokens) (upstream's forward_features, global pool)"
-    return "norm(class token) (upstream's forward_features, --cls_token)"

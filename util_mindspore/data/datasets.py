@@ -137,7 +137,7 @@ class ImageFolder:
                 return self.transform(img, rng), target
         except DECODE_ERRORS as exc:
             raise DataError(f"{path}: cannot be decoded ({first_line(exc)}); --check_images lists every such file "
-                            "before training") from None
+                            "before training") from exc
 
     def find_unreadable(self, workers: int = 4, decode: bool = False) -> List[str]:
         """Paths Pillow cannot open: from their headers (fast), or decode=True, from every pixel (finds truncated

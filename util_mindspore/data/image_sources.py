@@ -61,7 +61,7 @@ def _from_csv(csv_path, class_names):
                 path = listed if os.path.isabs(listed) else os.path.join(base, listed)
                 items.append(ImageItem(path, listed, index[label] if label else None))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise DataError(f"{csv_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return items
 
 

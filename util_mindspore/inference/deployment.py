@@ -34,7 +34,7 @@ def read_export_description(json_path: str) -> dict:
         raise WeightError(f"{json_path}: missing: export_mindspore.py writes this description beside the files it "
                           "exports; keep them together") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightError(f"{json_path}: not the description export_mindspore.py writes (not JSON: {exc})") from None
+        raise WeightError(f"{json_path}: not the description export_mindspore.py writes (not JSON: {exc})") from exc
     for path in _REQUIRED:
         value = description
         for key in path:

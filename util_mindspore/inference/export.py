@@ -9,9 +9,11 @@ sizes and matched the model. OpenVINO's IR (.xml + .bin) is converted from that 
 float32 weights kept (never compressed to float16), and checked with OpenVINO's CPU plugin held to float32
 (its default on CPUs with bfloat16 would round the check's own reference).
 """
+import contextlib
 import dataclasses
 import os
 import shutil
+from typing import Iterator
 
 import mindspore as ms
 import numpy as np
@@ -86,6 +88,17 @@ def export_policy(fmt, amp_level, amp_dtype):
     return dataclasses.replace(policy_for(amp_level, amp_dtype, "GPU"), onnx_forms=fmt in ("onnx", "openvino"))
 
 
+@contextlib.contextmanager
+def _exporter(what: str) -> Iterator[None]:
+    """MindSpore's exporter and loader, OpenVINO's converter and the runtimes report what they cannot do as
+    RuntimeError: one line (ExportError) naming the step, the cause chained. Used around their calls only, so a
+    RuntimeError of our own code is not taken for theirs."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise ExportError(f"{what}: {first_line(exc)}") from exc
+
+
 def _trace_input(batch, input_size):
     if batch is None:
         return ms.Tensor(shape=[None, 3, input_size, input_size], dtype=ms.float32)
@@ -101,7 +114,8 @@ def _umask():
 def write_mindir(net, stem, batch, input_size):
     """ms.export to `<stem>.mindir` (or, past 1 GB of parameters, `<stem>_graph.mindir` + `<stem>_variables/`);
     batch None leaves the batch dimension free. Returns the file to load."""
-    ms.export(net, _trace_input(batch, input_size), file_name=stem, file_format="MINDIR")
+    with _exporter("MindSpore's MindIR exporter failed"):
+        ms.export(net, _trace_input(batch, input_size), file_name=stem, file_format="MINDIR")
     return stem + ".mindir" if os.path.exists(stem + ".mindir") else stem + "_graph.mindir"
 
 
@@ -178,8 +192,9 @@ def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
     # dynamic_axes (BroadcastTo of the class token) and writes unsorted nodes with output_names
     # traced through a fresh wrapper cell: MindSpore 2.10 cannot export one cell to ONNX twice (the second trace of
     # the same cell fails on its BiasAdd nodes), which --format onnx,openvino would otherwise ask of it
-    ms.export(_FreshTrace(net), _trace_input(batch or TRACE_BATCH, input_size), file_name=stem + ".traced",
-              file_format="ONNX")
+    with _exporter("MindSpore's ONNX exporter failed"):
+        ms.export(_FreshTrace(net), _trace_input(batch or TRACE_BATCH, input_size), file_name=stem + ".traced",
+                  file_format="ONNX")
     traced = stem + ".traced.onnx"
     try:
         proto = onnx.load(traced)
@@ -201,7 +216,9 @@ def write_openvino(net, stem, batch, input_size, gelu_count, output_name):
 
     onnx_path = write_onnx(net, stem + ".for_openvino", batch, input_size, gelu_count, output_name)
     try:
-        ov.save_model(ov.convert_model(onnx_path), stem + ".xml", compress_to_fp16=False)
+        with _exporter("OpenVINO's converter failed"):
+            converted = ov.convert_model(onnx_path)
+        ov.save_model(converted, stem + ".xml", compress_to_fp16=False)
     finally:
         os.remove(onnx_path)
     return stem + ".xml"
@@ -231,7 +248,7 @@ def check_format_available(fmt):
     except ImportError as exc:
         extra = "openvino" if fmt == "openvino" else "onnx"
         raise ExportError(f"{fmt} export needs the {extra} extra: pip install -e \".[{extra}]\" "
-                          f"({first_line(exc)})") from None
+                          f"({first_line(exc)})") from exc
 
 
 def _publish(staging, out_dir):
@@ -283,7 +300,8 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
             output_name = "embedding" if isinstance(net, EmbeddingNet) else "logits"
             writer = write_onnx if fmt == "onnx" else write_openvino
             written = writer(net, stem, batch, input_size, gelu_count, output_name)
-        outputs = run_exported(fmt, written, inputs)
+        with _exporter(f"the written {fmt} file does not run"):
+            outputs = run_exported(fmt, written, inputs)
         worst = max(float(np.abs(outputs[b] - reference[b].astype(np.float32)).max()) for b in batches)
         limit = tolerance(fmt, amp_level, amp_dtype, reference)
         if not worst <= limit:
@@ -292,10 +310,8 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
         files = _publish(staging, out_dir)
         files.sort(key=lambda name: name != os.path.basename(written))  # the file to load first
         return Verification(batches, worst, limit, str(reference[batches[0]].dtype), files)
-    except ExportError:
-        raise
-    except (RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise ExportError(f"{fmt} export to {out_dir} failed: {first_line(exc)}") from None
+    except OSError as exc:  # a full or read-only disk: named, nothing kept (a bug's exception passes as it is)
+        raise ExportError(f"{fmt} export to {out_dir} failed: {exc.strerror or first_line(exc)}") from exc
     finally:
         apply_policy(model, policy_for(amp_level, amp_dtype, "CPU"))
         shutil.rmtree(staging, ignore_errors=True)

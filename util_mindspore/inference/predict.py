@@ -4,6 +4,7 @@ import argparse
 import collections
 import itertools
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -16,7 +17,7 @@ from util_mindspore.evaluation.probabilities import softmax
 from util_mindspore.evaluation.report import ReportRow
 from util_mindspore.files.names import output_path, printable
 from util_mindspore.inference.outputs import PredictionWriter
-from util_mindspore.inference.runtimes import Runtime
+from util_mindspore.inference.runtime_loader import Runtime
 from util_mindspore.process import distributed, interrupts
 from util_mindspore.process.progress import Progress
 
@@ -90,8 +91,32 @@ def _shard_rows(args: argparse.Namespace, chunk_index: int, chunk: List[ImageIte
     return rows
 
 
+class Timing:
+    """When the prediction loop started, ended its first batch (which holds MindSpore's compilation) and ended: the
+    summary's speed line, which benchmarks/bench_predict.py reads."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first_batch: Optional[float] = None
+        self.first_images = 0
+        self.ended: Optional[float] = None
+
+    def batch_done(self, images: int) -> None:
+        if self.first_batch is None:
+            self.first_batch, self.first_images = time.perf_counter(), images
+
+    def line(self, images: int) -> str:
+        total = (self.ended or time.perf_counter()) - self.started
+        after = images - self.first_images
+        steady = after / (self.ended - self.first_batch) if after and self.ended and self.ended > self.first_batch \
+            else float("nan")
+        return (f"speed: {steady:.3f} img/s after the first batch (which holds the model's compilation); {images} "
+                f"images in {total:.1f} s")
+
+
 def predict(args: argparse.Namespace, runtime: Runtime, items: List[ImageItem], writer: Optional[PredictionWriter],
-            report_rows: Optional[List[ReportRow]], target_index: Optional[int]) -> None:
+            report_rows: Optional[List[ReportRow]], target_index: Optional[int],
+            timing: Optional[Timing] = None) -> None:
     """Batches of this rank's images (every world_size-th, from its rank); rank 0 writes every row in input order.
 
     Under msrun every rank runs the same number of batches (empty ones at the end), so that each batch's rows can
@@ -130,10 +155,14 @@ def predict(args: argparse.Namespace, runtime: Runtime, items: List[ImageItem], 
             if main:
                 _write_rows(args, items, rows, local_errors, transforms, writer, report_rows)
                 progress.update(len(rows["index"]))
+            if timing is not None:
+                timing.batch_done(len(rows["index"]))
             interrupts.check(lambda signum: distributed.all_reduce_max(signum, args))
     finally:
         progress.close()
         batches.close()
+        if timing is not None:
+            timing.ended = time.perf_counter()
 
 
 def _write_rows(args: argparse.Namespace, items: List[ImageItem], rows: Dict[str, np.ndarray],
@@ -157,7 +186,8 @@ def _write_rows(args: argparse.Namespace, items: List[ImageItem], rows: Dict[str
             report_rows.append(ReportRow(item.name, item.path, row_probs, item.label, None, heat))
 
 
-def summary_lines(args: argparse.Namespace, runtime: Runtime, writer: PredictionWriter) -> List[str]:
+def summary_lines(args: argparse.Namespace, runtime: Runtime, writer: PredictionWriter,
+                  timing: Optional[Timing] = None) -> List[str]:
     """The printed summary: counts, unreadable images, classes, accuracy, bfloat16's effect, groups, files."""
     s = writer.summary
     readable = s["images"] - len(s["unreadable"])
@@ -178,6 +208,8 @@ def summary_lines(args: argparse.Namespace, runtime: Runtime, writer: Prediction
         ungrouped = s["ungrouped"]
         lines.append(f"--group_by: {len(writer.groups)} groups; {len(ungrouped)} images matched no group"
                      + (f" ({'; '.join(ungrouped[:5])}{' ...' if len(ungrouped) > 5 else ''})" if ungrouped else ""))
+    if timing is not None:
+        lines.append(timing.line(s["images"]))
     written = [f for f, on in (("predictions.csv", runtime.class_names), ("embeddings.npy", args.embeddings),
                                ("embeddings.json", args.embeddings), ("Feature.csv", args.embeddings),
                                ("predictions_by_group.csv", args.group_by), ("report.html", args.report)) if on]

@@ -3,15 +3,19 @@ exported .onnx, OpenVINO for an exported .xml or (exported once and cached) for 
 it opens can do what the run asks (a head for predictions, heat maps only in MindSpore)."""
 import argparse
 import os
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from util_mindspore.errors import ArgumentError
-from util_mindspore.inference.runtimes import OnnxRuntime, OpenVinoRuntime, Runtime
+from util_mindspore.inference.runtimes import OnnxRuntime, OpenVinoRuntime
 from util_mindspore.process import distributed
 from util_mindspore.process.logs import setup_logging
 
 if TYPE_CHECKING:
+    from util_mindspore.inference.mindspore_runtime import MindSporeRuntime
     from util_mindspore.models.factory import TrainedModel
+
+# what prediction runs images through: each gives (logits or None, embeddings or None) per batch
+Runtime = Union["MindSporeRuntime", OnnxRuntime, OpenVinoRuntime]
 
 
 def runtime_kind(args: argparse.Namespace) -> str:

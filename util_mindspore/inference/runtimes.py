@@ -7,16 +7,13 @@ into probabilities, as evaluation does).
 """
 import gc
 import os
-from typing import TYPE_CHECKING, Iterable, Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
 from util_mindspore.errors import WeightError, first_line
 from util_mindspore.evaluation.probabilities import softmax
 from util_mindspore.inference.deployment import read_export_description
-
-if TYPE_CHECKING:
-    from util_mindspore.inference.mindspore_runtime import MindSporeRuntime
 
 
 def pad_batch(images: np.ndarray, size: Optional[int]) -> Tuple[np.ndarray, int]:
@@ -141,7 +138,7 @@ class OpenVinoRuntime(_ExportedRuntime):
         try:
             return openvino_model(self.path, precision)
         except RuntimeError as exc:
-            raise WeightError(f"{self.path}: OpenVINO cannot load it ({first_line(exc)})") from None
+            raise WeightError(f"{self.path}: OpenVINO cannot load it ({first_line(exc)})") from exc
 
     @property
     def wants_sample(self):
@@ -186,7 +183,3 @@ class OpenVinoRuntime(_ExportedRuntime):
                     f"{self.max_output_diff:.3g}")
         return (f"bfloat16 against float32 on {self.compared} images: top-1 class agrees on {self.agreeing} of "
                 f"{self.compared}; probabilities differ by at most {self.max_probability_diff:.3g}")
-
-
-# what predict_mindspore.py runs images through
-Runtime = Union["MindSporeRuntime", OnnxRuntime, OpenVinoRuntime]

@@ -30,7 +30,7 @@ from util_mindspore.models.layers import (
 class PatchEmbed(nn.Cell):
     """Non-overlapping patch projection: (B, 3, H, W) -> (B, N, D)."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")

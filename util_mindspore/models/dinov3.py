@@ -14,6 +14,8 @@ then loads non-strictly, so the SwiGLU sizes (S+, L+, H+, 7B) silently keep a ra
 Like upstream's hub models, these have no stochastic depth (upstream does not pass --drop_path to them).
 """
 
+from typing import Optional
+
 from mindspore import Parameter, nn, ops
 
 from util_mindspore.models.blocks import Block, EncoderInterface, PatchEmbed, RopePositionEmbedding
@@ -25,8 +27,9 @@ from util_mindspore.registry import ModelConfig
 class DinoVisionTransformer(EncoderInterface, PolicyCell):
     """Meta's DINOv3 ViT with upstream's classifier: logits = head(norm(x)[:, 0]) (its x_norm_clstoken)."""
 
-    def __init__(self, config: ModelConfig, img_size: int = 224, num_classes: int = 1000):
+    def __init__(self, config: ModelConfig, img_size: Optional[int] = None, num_classes: int = 1000):
         super().__init__()
+        img_size = img_size or config.default_input_size  # the row's
         extra, embed_dim = config.extra, config.embed_dim
         self.config = config
         self.num_classes = num_classes

@@ -10,6 +10,8 @@ embeddings are fixed 2-D sin-cos tables (Parameters that never train, never deca
 uniform draw upstream's random_masking takes from torch.rand, so the same noise masks the same patches.
 """
 
+from typing import Optional
+
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, nn, ops
@@ -38,8 +40,9 @@ def _xavier_linears(cells):
 class MaskedAutoencoderViT(PolicyCell):
     """Masked autoencoder with a ViT encoder (upstream's MaskedAutoencoderViT)."""
 
-    def __init__(self, config: ModelConfig, img_size: int = 224):
+    def __init__(self, config: ModelConfig, img_size: Optional[int] = None):
         super().__init__()
+        img_size = img_size or config.default_input_size  # the row's
         extra, dim = config.extra, config.embed_dim
         dec_dim, patch = extra["decoder_embed_dim"], config.patch_size
         self.config = config

@@ -26,9 +26,10 @@ class VisionTransformer(EncoderInterface, PolicyCell):
     global_pool=False (and every DINOv2 model): features = norm(x)[:, 0] (class token).
     """
 
-    def __init__(self, config: ModelConfig, img_size: int = 224, num_classes: int = 1000,
+    def __init__(self, config: ModelConfig, img_size: Optional[int] = None, num_classes: int = 1000,
                  drop_path_rate: float = 0.0, global_pool: Optional[bool] = None):
         super().__init__()
+        img_size = img_size or config.default_input_size  # the row's
         self.config = config
         self.patch_mean_embedding = config.embedding == "patch_mean_layernorm"  # a constant graph mode can read
         self.num_classes = num_classes

@@ -108,7 +108,7 @@ def load_arrays_into_model(model: ms.nn.Cell, arrays: Dict[str, np.ndarray], sou
                                                     antialias=rules.pos_embed_resize == "bicubic_antialias")
             except ValueError as exc:
                 raise WeightError(f"{source} does not fit this model: {key} {old}: {exc}{_looks_like(arrays)}") \
-                    from None
+                    from exc
             interpolated.append(f"{key} {old}->{tuple(arrays[key].shape)}")
     constants = _check_constants(model, arrays, source)
     head_keys = [k for k in params if k.startswith("head.")]

@@ -46,7 +46,7 @@ def _acquire(folder, what):
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise FolderInUse(f"{folder} is in use by another run ({_holder_text(path)}): wait for it to end, or "
-                              "write elsewhere (another --task or --output_dir)") from None
+                              "write elsewhere (another --task or --output_dir)") from exc
         try:  # the holder we waited on may have removed the file meanwhile: lock the file that is there
             same = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:

@@ -123,9 +123,9 @@ def meta_dinov3_state(name, depth=None, seed=17):
     """The state dict of meta_dinov3, not written."""
     from mindspore.nn.utils import no_init_parameters
 
-    import models_vit_mindspore as M
+    from util_mindspore.models.factory import create_model
     with no_init_parameters():
-        model = M.create_model(name, img_size=224, num_classes=0, **({} if depth is None else {"depth": depth}))
+        model = create_model(name, img_size=224, num_classes=0, **({} if depth is None else {"depth": depth}))
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for key, param in model.parameters_and_names():
