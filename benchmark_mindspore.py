@@ -16,6 +16,7 @@ if __name__ == "__main__":  # first: Ctrl-C / SIGTERM stop between runs (util_mi
 
     _startup.prepare_process(signals=True)
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +41,7 @@ DONE = "benchmark_run.json"  # written into a run's folder when it finished: the
 ENTRY_SCRIPT = False
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser(__doc__.split("\n\n")[0], epilog="Flags after -- go to every run of "
                         "main_finetune_mindspore.py unchanged (not --model, --finetune, --data_path, --seed, --task, "
                         "--output_dir: the benchmark sets those).")
@@ -63,12 +64,12 @@ class ModelSpec:
     arch: Optional[str]
     weights: Optional[str]
 
-    def flags(self):
+    def flags(self) -> List[str]:
         return ["--model", self.model] + (["--model_arch", self.arch] if self.arch else []) + \
             (["--finetune", self.weights] if self.weights else [])
 
 
-def parse_models(value):
+def parse_models(value: str) -> List[ModelSpec]:
     specs = []
     for text in filter(None, (t.strip() for t in value.split(","))):
         name, _, weights = text.partition("=")
@@ -80,7 +81,7 @@ def parse_models(value):
     return specs
 
 
-def parse_list(value, flag, kind=str):
+def parse_list(value: str, flag: str, kind: type = str) -> List[Any]:
     try:
         items = [kind(t.strip()) for t in value.split(",") if t.strip()]
     except ValueError:
@@ -90,14 +91,14 @@ def parse_list(value, flag, kind=str):
     return items
 
 
-def class_count(dataset):
+def class_count(dataset: str) -> int:
     train = os.path.join(dataset, "train")
     if not os.path.isdir(train):
         raise ArgumentError(f"--datasets {dataset}: no train/ folder inside")
     return len([d for d in os.scandir(train) if d.is_dir() and not d.name.startswith(".")])
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -111,11 +112,11 @@ class Run:
     task: str
     folder: str
 
-    def done(self):
+    def done(self) -> bool:
         return os.path.isfile(os.path.join(self.folder, DONE))
 
 
-def plan(args, shared):
+def plan(args: argparse.Namespace, shared: Sequence[str]) -> List[Run]:
     runs = []
     for dataset in parse_list(args.datasets, "--datasets"):
         name = os.path.basename(os.path.normpath(dataset))
@@ -126,7 +127,7 @@ def plan(args, shared):
     return runs
 
 
-def command(args, run, shared):
+def command(args: argparse.Namespace, run: Run, shared: Sequence[str]) -> List[str]:
     """The run's command: main_finetune_mindspore.py with the shared flags, or msrun around it."""
     flags = [*run.model.flags(), "--data_path", run.dataset, "--seed", str(run.seed), "--task", run.task,
              "--output_dir", args.output_dir, *shared]
@@ -144,14 +145,14 @@ def command(args, run, shared):
     return [sys.executable, TRAIN_SCRIPT, *flags]
 
 
-def test_metrics(run):
+def test_metrics(run: Run) -> Dict[str, float]:
     """The run's test metrics (the last row of its metrics_test.csv)."""
     with open(os.path.join(run.folder, "metrics_test.csv"), newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     return dict(zip(rows[0], (float(v) for v in rows[-1])))
 
 
-def summarise(values, confidence):
+def summarise(values: Sequence[float], confidence: float) -> Tuple[float, float, float, float]:
     """(mean, standard deviation, CI low, CI high) over seeds: Student's t interval; one seed has no interval."""
     from scipy import stats
     values = np.asarray(values, np.float64)
@@ -166,7 +167,7 @@ def summarise(values, confidence):
     return mean, std, mean - half, mean + half
 
 
-def write_tables(args, runs):
+def write_tables(args: argparse.Namespace, runs: Sequence[Run]) -> int:
     """results.csv, results.md and runs.csv from every finished run."""
     finished = [r for r in runs if r.done()]
     by_cell: Dict[tuple, List[dict]] = {}
@@ -202,7 +203,7 @@ def write_tables(args, runs):
     return len(finished)
 
 
-def main(args, shared):
+def main(args: argparse.Namespace, shared: Sequence[str]) -> int:
     if args.nproc < 1 or not 0 < args.confidence < 1:
         raise ArgumentError("--nproc must be at least 1 and --confidence in (0, 1)")
     reserved = [f for f in ("--model", "--model_arch", "--finetune", "--data_path", "--seed", "--task",

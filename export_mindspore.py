@@ -7,8 +7,8 @@
 
 Writes <output_dir>/<name>.mindir, <name>.onnx and/or <name>.xml + <name>.bin, and <name>.json: what a deployer
 needs to feed the files (input shape, preprocessing, class names; util_mindspore/inference/deployment.py reads
-it) and how they were verified. The model's settings (model, classes, input size, pooling) come from the checkpoint where it
-has them; flags given must agree with it.
+it) and how they were verified. The model's settings (model, classes, input size, pooling) come from the checkpoint
+where it has them; flags given must agree with it.
 """
 if __name__ == "__main__":  # first, before MindSpore is imported: signals, MindSpore's log (cli/startup.py)
     from util_mindspore.cli import startup as _startup

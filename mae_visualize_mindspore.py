@@ -12,6 +12,7 @@ if __name__ == "__main__":  # first, before MindSpore is imported: MindSpore's l
 
     _startup.prepare_process(signals=False)
 
+import argparse
 import os
 import sys
 from typing import List, Optional
@@ -38,7 +39,7 @@ MAE_MODELS = list_models(architecture="mae")
 ENTRY_SCRIPT = False
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--resume", required=True,
                         help="an MAE checkpoint: a published name (RETFound_mae_meh...), one of our pre-training "
@@ -46,7 +47,8 @@ def get_args_parser():
     parser.add_argument("--data_path", required=True, help="a folder of images (recursive), one image, or a .csv")
     parser.add_argument("--output_dir", default="./reconstructions", help="where the pictures go")
     parser.add_argument("--model", default=None, metavar="MODEL",
-                        help=f"default: the one the checkpoint names or its shapes fit; one of: {', '.join(MAE_MODELS)}")
+                        help="default: the one the checkpoint names or its shapes fit; one of: "
+                             f"{', '.join(MAE_MODELS)}")
     parser.add_argument("--input_size", default=None, type=int,
                         help=input_size_help("mae") + "; the notebook's 224")
     parser.add_argument("--mask_ratio", default=0.75, type=float, help="fraction of the patches removed")
@@ -61,14 +63,14 @@ def get_args_parser():
     return parser
 
 
-def notebook_input(path, size):
+def notebook_input(path: str, size: int) -> np.ndarray:
     """RETFound_visualize.ipynb's input: resized to size x size (bicubic), /255, ImageNet-normalised, CHW."""
     with Image.open(path) as img:
         pixels = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), np.float64) / 255.0
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
 
 
-def main(args):
+def main(args: argparse.Namespace) -> int:
     check_ranges(args, [("input_size", 1, None, True), ("mask_ratio", 0, 1, False), ("max_images", 1, None, True)])
     args.amp_level, args.amp_dtype = "O0", "float16"  # float32 reconstructions
     device.configure(args)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import mindspore as ms
 import numpy as np
@@ -50,7 +50,7 @@ FLOAT32_TOLERANCE = 1e-5
 NUM_CLASSES = 5
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = new_parser(__doc__.split("\n\n")[0])
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="RETFound_mae", metavar="MODEL",
@@ -70,16 +70,16 @@ def get_args_parser():
 
 
 class Report:
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows = []
 
-    def add(self, check, ok, detail):
+    def add(self, check: str, ok: Optional[bool], detail: str) -> None:
         """ok: True (PASS), False (FAIL) or None (a measurement, INFO)."""
         self.rows.append(("INFO" if ok is None else "PASS" if ok else "FAIL", check, detail))
         print(f"{self.rows[-1][0]:<5} {check:<24} {detail}", flush=True)
 
     @property
-    def failed(self):
+    def failed(self) -> bool:
         return any(status == "FAIL" for status, _, _ in self.rows)
 
 
@@ -87,7 +87,7 @@ def build_model(args: argparse.Namespace, pretrained: Optional[str] = None) -> m
     return create_model(args.model, pretrained=pretrained, img_size=args.input_size, num_classes=NUM_CLASSES)
 
 
-def reference_forward(args):
+def reference_forward(args: argparse.Namespace) -> int:
     """Child process: the float32 CPU logits of the saved weights on the saved batch."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -98,7 +98,7 @@ def reference_forward(args):
     return 0
 
 
-def _run_reference(args, folder):
+def _run_reference(args: argparse.Namespace, folder: str) -> np.ndarray:
     command = [sys.executable, os.path.abspath(__file__), "--reference", folder, "--model", args.model,
                "--input_size", str(args.input_size)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -108,12 +108,12 @@ def _run_reference(args, folder):
     return np.load(os.path.join(folder, "reference.npy"))
 
 
-def _images(args, seed):
+def _images(args: argparse.Namespace, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((args.batch_size, 3, args.input_size, args.input_size)).astype(np.float32)
 
 
-def _timed(fn, steps):
+def _timed(fn: Callable[[], object], steps: int) -> float:
     fn()  # compile and warm up
     started = time.perf_counter()
     for _ in range(steps):
@@ -121,7 +121,7 @@ def _timed(fn, steps):
     return (time.perf_counter() - started) / steps
 
 
-def check(args, report, folder):
+def check(args: argparse.Namespace, report: Report, folder: str) -> None:
     policy = policy_for(args.amp_level, args.amp_dtype, args.device)
     low = args.amp_dtype if policy.reduced else "float32"
     report.add("setup", None, f"MindSpore {ms.__version__} on {args.device}, --amp_level {args.amp_level}, "
@@ -192,7 +192,7 @@ def check(args, report, folder):
     time_cpu_runtimes(args, report, model, folder, images)
 
 
-def installed_runtimes(wanted):
+def installed_runtimes(wanted: str) -> List[str]:
     """The CPU runtimes to time: those of `wanted` (auto: every one) that are installed."""
     names = ["onnxruntime", "openvino"] if wanted == "auto" else [] if wanted == "none" else \
         [n.strip() for n in wanted.split(",") if n.strip()]
@@ -207,7 +207,7 @@ def installed_runtimes(wanted):
     return present
 
 
-def _runner(name, path, precision, images):
+def _runner(name: str, path: str, precision: str, images: np.ndarray) -> Callable[[], object]:
     """A function running one batch in `name` (onnxruntime or openvino) on the exported file."""
     if name == "onnxruntime":
         import onnxruntime
@@ -219,7 +219,8 @@ def _runner(name, path, precision, images):
     return lambda: compiled(images)
 
 
-def time_cpu_runtimes(args, report, model, folder, images):
+def time_cpu_runtimes(args: argparse.Namespace, report: Report, model: ms.nn.Cell, folder: str,
+                      images: np.ndarray) -> None:
     """Inference speed of the exported model in each CPU runtime installed (OpenVINO in float32, and bfloat16 where
     the CPU has it), each export verified first (util_mindspore/inference/export.py)."""
     from util_mindspore.inference import export

@@ -3,7 +3,8 @@ OpenVINO (IR) in float32 and in bfloat16.
 
     python benchmarks/bench_export.py                    # ViT-L/16 (RETFound_mae) 224, batch 4, 2 rounds
 
-Exports a random-weight model once with util_mindspore/inference/export.py (dynamic batch, verified as export_mindspore.py
+Exports a random-weight model once with util_mindspore/inference/export.py (dynamic batch, verified as
+export_mindspore.py
 verifies), then runs bench_vit.py for each runtime in turn (fresh processes, A B C D E F A B C D E F); prints a
 Markdown table of median img/s and peak RSS, each against PyTorch's. OpenVINO bfloat16 runs only on CPUs with
 bfloat16 arithmetic (elsewhere its row says failed).

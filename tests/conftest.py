@@ -29,14 +29,21 @@ MARKERS = {
     "slow": "end-to-end runs in fresh processes (the README's quickstart, signals, notebooks, benchmark) and the "
             "wider sizes of checks the default run makes on the smallest size of each kind",
 }
+# not a reason to skip: tests/parity.py's figures, selected by .ci/run to run again with the CPU's kernels limited
+PARITY = "compares with upstream's PyTorch model at a bound the README states (the default run includes it)"
 
 
 def pytest_configure(config):
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}; the default run skips it, .ci/run runs it")
+    config.addinivalue_line("markers", f"parity: {PARITY}")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # a test that records parity figures (tests/parity.py) is a parity test
+        if getattr(item.module, "assert_within", None) is not None or \
+                getattr(item.module, "both_modes", None) is not None:
+            item.add_marker(pytest.mark.parity)
     config._retfound_marker_counts = {name: sum(1 for item in items if item.get_closest_marker(name))
                                       for name in MARKERS}
 
@@ -49,12 +56,15 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(f"{name:<6} {count:>4}  {MARKERS[name]}")
     try:
         from tests.parity import FIGURES
-    except Exception:
+    except ImportError:  # the run did not get far enough to import MindSpore
         return
     if FIGURES:
         terminalreporter.section("parity figures (max |diff| against the PyTorch reference, and the bound asserted)")
         for what, value, bound in FIGURES:
             terminalreporter.write_line(f"{what:<72} {value:.3e}  <= {bound:.1e}")
+        if os.environ.get("RETFOUND_PARITY_FIGURES"):
+            from tests.parity import write_figures
+            write_figures(os.environ["RETFOUND_PARITY_FIGURES"])
 
 
 # Skips whose reason starts with this are about the machine (a GPU backend that loads, a CPU with bfloat16

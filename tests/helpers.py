@@ -115,3 +115,21 @@ def run_with_mounts(mounts, argv, cwd, timeout=600, list_after=None):
         command = f"{command}; code=$?; find {shlex.quote(str(list_after))} -type f -printf 'FILE %p\\n'; exit $code"
     return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
                           capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def assert_picture(path, min_size=(200, 150), min_colours=8):
+    """A figure written as a raster (PNG / JPG) or a PDF holds a picture, not a blank or a broken file: the raster
+    decodes at a figure's size with several colours (text, axes and data), the PDF has a page and drawing."""
+    from PIL import Image
+    if path.lower().endswith(".pdf"):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF"), f"{path}: not a whole PDF"
+        assert data.count(b"/Type /Page") >= 1 or data.count(b"/Type/Page") >= 1, f"{path}: a PDF without a page"
+        return
+    with Image.open(path) as image:
+        image.load()
+        assert image.width >= min_size[0] and image.height >= min_size[1], f"{path}: {image.size}"
+        pixels = np.asarray(image.convert("RGB"))
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert colours >= min_colours and pixels.std() > 5, f"{path}: {colours} colours, blank?"

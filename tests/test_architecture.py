@@ -118,5 +118,5 @@ def test_every_package_says_what_lives_there_and_what_it_may_import():
             continue  # a module at the package's root (errors.py, registry.py)
         with open(path, encoding="utf-8") as fh:
             doc = ast.get_docstring(ast.parse(fh.read())) or ""
-        assert len(doc.split()) >= 25 and "import" in doc.lower(), f"util_mindspore/{name}/__init__.py: say what lives " \
-                                                           "there and what it may import"
+        assert len(doc.split()) >= 25 and "import" in doc.lower(), \
+            f"util_mindspore/{name}/__init__.py: say what lives there and what it may import"

@@ -12,7 +12,7 @@ import torch
 import export_mindspore
 import models_vit_mindspore
 from tests.helpers import TINY, TOKEN, one_line_error, publish
-from tests.parity import assert_within, mindspore_twin, random_images
+from tests.parity import assert_within, mindspore_twin, random_images, relative_error
 from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
 from util_mindspore.inference import export
 from util_mindspore.reference import checkpoint_layouts as layouts
@@ -69,9 +69,12 @@ def test_upstream_finetuned_pth_exports_to_files_that_give_upstream_logits_at_an
     for batch in (1, 5):  # neither is the batch size the ONNX graph was traced at
         images = random_images(batch, 32, seed=batch)
         expected = torch_outputs(upstream, images)
-        assert np.abs(run_onnx(onnx_path, images) - expected).max() <= 1e-4
-        assert np.abs(run_mindir(mindir_path, images) - expected).max() <= 1e-5
-        assert np.abs(run_openvino(str(out / f"{TINY}.xml"), images) - expected).max() <= 1e-4
+        assert_within("export onnx of upstream's ViT-Tiny checkpoint vs upstream, relative",
+                      relative_error(run_onnx(onnx_path, images), expected), 1e-4)
+        assert_within("export mindir of upstream's ViT-Tiny checkpoint vs upstream, relative",
+                      relative_error(run_mindir(mindir_path, images), expected), 1e-5)
+        assert_within("export openvino of upstream's ViT-Tiny checkpoint vs upstream, relative",
+                      relative_error(run_openvino(str(out / f"{TINY}.xml"), images), expected), 1e-4)
     assert os.access(mindir_path, os.W_OK)  # ms.export writes read-only files; ours belong to the user
 
 
@@ -90,7 +93,7 @@ def test_retfound_models_export_with_upstream_logits_and_embeddings(tmp_path, na
             check = export.export_verified(net, model, fmt, str(tmp_path), f"{name}_{embeddings}", size)
             assert check.max_abs_diff <= tolerance and check.batch_sizes == (1, 3)
             path = str(tmp_path / check.files[0])
-            diff = np.abs(runner(path, images) - expected).max() / max(1.0, np.abs(expected).max())
+            diff = relative_error(runner(path, images), expected)
             assert_within(f"export {fmt} {name} depth 2 {'embedding' if embeddings else 'logits'} vs upstream, "
                           "relative to max(1, |output|)", diff, bound)
 
@@ -105,9 +108,9 @@ def test_vitl_mindir_is_written_split_and_reloads_with_upstream_logits(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["vitl_graph.mindir", "vitl_variables"]  # no staging folder left
     images = random_images(2, 224, seed=7)
     expected = torch_outputs(upstream, images)
-    diff = np.abs(run_mindir(str(tmp_path / "vitl_graph.mindir"), images) - expected).max()
+    diff = relative_error(run_mindir(str(tmp_path / "vitl_graph.mindir"), images), expected)
     assert_within("export mindir RETFound_mae ViT-L (split file) vs upstream, relative to max(1, |logit|)",
-                  diff / max(1.0, np.abs(expected).max()), 2e-5)
+                  diff, 2e-5)
 
 
 def test_our_checkpoint_brings_its_class_names_and_settings_and_fixed_batch_float16(tmp_path):
@@ -201,10 +204,11 @@ def test_failed_verification_removes_every_file(tmp_path, capsys, monkeypatch):
     assert not out.exists()  # the verified MindIR goes too: all formats or none, and the folder the run made
 
 
-def test_dinov3_exports_verified(tmp_path):
-    """DINOv3 (storage tokens, RoPE, SwiGLU) exports to every format, verified at batch sizes other than the
-    traced one."""
-    name, size = "dinov3_vits16plus", 32
+@pytest.mark.parametrize("name, size", [("dinov3_vits16plus", 32),
+                                        pytest.param("dinov2_vitg14", 28, marks=pytest.mark.slow)])
+def test_swiglu_families_export_verified(tmp_path, name, size):
+    """DINOv3 (storage tokens, RoPE, SwiGLU w1/w2/w3) and DINOv2-g (packed SwiGLU) export to every format,
+    verified at batch sizes other than the traced one."""
     model = models_vit_mindspore.create_model(name, img_size=size, num_classes=3, depth=2)
     model.set_train(False)
     for fmt, ext in (("mindir", "mindir"), ("onnx", "onnx"), ("openvino", "xml")):
@@ -216,7 +220,7 @@ def test_dinov3_exports_verified(tmp_path):
 def test_an_upstream_dinov3_checkpoint_exports_with_its_own_settings(tmp_path):
     """upstream's --model Dinov3 checkpoint-best.pth (Meta's keys, bias_mask, mask_token): model, input size and
     classes read from it; the export verified."""
-    from tests.test_trained_model import reduced
+    from tests.checkpoints.test_trained_model import reduced
     path = str(tmp_path / "checkpoint-best.pth")
     with reduced("dinov3_vits16") as small:
         layouts.upstream_best_dinov3(path, "dinov3_vits16", img_size=48, depth=2)

@@ -169,7 +169,7 @@ def test_openvino_from_a_checkpoint_exports_once_verified_and_bfloat16_says_what
 
 def test_a_published_encoder_writes_embeddings_only_as_the_notebook_extracts_them(tmp_path, hub, monkeypatch):
     """The published MAE checkpoint's embedding is latent_feature.ipynb's: fc_norm at its initial values."""
-    from tests.test_trained_model import notebook_vector, reduced
+    from tests.checkpoints.test_trained_model import notebook_vector, reduced
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with reduced("RETFound_mae") as small:
         publish(hub, tmp_path, "RETFound_mae_meh", lambda path: layouts.mae_pretrained(path, "RETFound_mae", depth=2))
@@ -256,7 +256,7 @@ def test_msrun_shards_images_and_rank0_writes_what_one_process_writes(tmp_path, 
     import subprocess
 
     from tests.helpers import ROOT
-    from tests.test_distributed import free_port
+    from tests.process.test_distributed import free_port
     require(shutil.which("msrun"), "msrun (installed with mindspore)")
     pth, _ = finetuned_pth
     data = make_dataset(tmp_path / "data", classes=("class_0", "class_1", "class_2"), per_split={"test": 3})

@@ -26,18 +26,15 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README, re.S)
 
 
-def block_with(text):
-    found = [b for b in python_blocks() if text in b]
-    assert len(found) == 1, f"one README Python block uses {text}"
-    return found[0]
+def runner_of(block):
+    """The function below that runs this README block (each is named by a text only its block holds)."""
+    runners = [runner for key, runner in RUNNERS.items() if key in block]
+    assert len(runners) == 1, f"a README Python block that no test runs (or that two would):\n{block}"
+    return runners[0]
 
 
-def test_every_python_block_is_run_by_a_test():
-    assert len(python_blocks()) == 2
-    assert block_with("ExportedModel") and block_with('pretrained="RETFound_mae_meh"')
-
-
-def test_the_deployment_snippet_runs_on_the_files_the_readme_export_command_writes(tmp_path, monkeypatch):
+def run_deployment_snippet(block, tmp_path, monkeypatch, hub):
+    """The deployment snippet against the files the README's own export command writes."""
     for package in ("onnxruntime", "openvino"):
         require(importlib.util.find_spec(package), package)
     command = next(line for line in README.splitlines()
@@ -55,7 +52,7 @@ def test_the_deployment_snippet_runs_on_the_files_the_readme_export_command_writ
     for i, photo in enumerate(photos, 1):
         photo.save(tmp_path / f"photo{i}.jpg", quality=95)
     namespace = {}
-    exec(compile(block_with("ExportedModel"), "README_MindSpore.md", "exec"), namespace)
+    exec(compile(block, "README_MindSpore.md", "exec"), namespace)
     transform = EvalTransform(48)
     expected_input = []
     for i in (1, 2):
@@ -68,14 +65,24 @@ def test_the_deployment_snippet_runs_on_the_files_the_readme_export_command_writ
     assert namespace["exported"].top_classes(expected) == namespace["exported"].top_classes(namespace["logits"])
 
 
-@pytest.mark.vitl
-def test_the_published_weights_snippet_loads_retfound_mae_meh(tmp_path, hub, monkeypatch):
+def run_published_weights_snippet(block, tmp_path, monkeypatch, hub):
+    """The published-weights snippet (ViT-L) against a loopback hub serving a file in the published layout."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     path = publish(hub, tmp_path, "RETFound_mae_meh", layouts.mae_pretrained, name="RETFound_mae")
     namespace = {}
-    exec(compile(block_with('pretrained="RETFound_mae_meh"'), "README_MindSpore.md", "exec"), namespace)
+    exec(compile(block, "README_MindSpore.md", "exec"), namespace)
     model = namespace["model"]
     assert len(model.blocks) == 24 and model.head.weight.shape == (5, 1024) and model.global_pool
     import torch
     published = torch.load(path, map_location="cpu", weights_only=False)["model"]
     np.testing.assert_array_equal(model.blocks[23].mlp.fc2.weight.asnumpy(), published["blocks.23.mlp.fc2.weight"])
+
+
+RUNNERS = {"ExportedModel": run_deployment_snippet, 'pretrained="RETFound_mae_meh"': run_published_weights_snippet}
+SLOW_RUNNERS = {run_published_weights_snippet: pytest.mark.vitl}  # a full ViT-L
+
+
+@pytest.mark.parametrize("block", [pytest.param(block, id=f"block{i}", marks=SLOW_RUNNERS.get(runner_of(block), ()))
+                                   for i, block in enumerate(python_blocks(), 1)])
+def test_every_python_block_of_the_readme_runs_as_written(block, tmp_path, monkeypatch, hub):
+    runner_of(block)(block, tmp_path, monkeypatch, hub)

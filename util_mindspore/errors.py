@@ -7,7 +7,7 @@ never turns another exception into one. This module imports nothing: every packa
 """
 
 
-def first_line(exc):
+def first_line(exc: BaseException) -> str:
     """An exception's first line of text (or its type): error messages here stay one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

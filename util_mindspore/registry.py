@@ -8,7 +8,7 @@ MindSpore, so the converter, the hub and the weight loader can all read it.
 """
 import dataclasses
 import types
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from util_mindspore.errors import UserError
 
@@ -75,12 +75,12 @@ class ModelConfig:
     encoder: Optional[str] = None  # MAE pre-training: the registered classifier its encoder fine-tunes as
     summary: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "extra", types.MappingProxyType(dict(self.extra)))
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"{self.name}: unknown embedding {self.embedding}")
 
-    def replace(self, **overrides) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> "ModelConfig":
         """This configuration with fields (or `extra` entries) replaced: depth=2 for a quick test model."""
         fields = {f.name for f in dataclasses.fields(self)}
         extra = {k: v for k, v in overrides.items() if k not in fields}
@@ -107,18 +107,18 @@ _DINOV3 = {"n_storage_tokens": 4, "rope_base": 100.0, "rope_rescale_coords": 2.0
            "swiglu_align": 8, "untie_global_and_local_cls_norm": False}
 
 
-def _vit(name: str, patch: int, dim: int, depth: int, heads: int, summary: str, **facts) -> ModelConfig:
+def _vit(name: str, patch: int, dim: int, depth: int, heads: int, summary: str, **facts: Any) -> ModelConfig:
     return ModelConfig(name, facts.pop("family", "vit"), "vit", patch, dim, depth, heads, summary=summary, **facts)
 
 
-def _dinov2(name: str, size: str, dim: int, depth: int, heads: int, summary: str, **facts) -> ModelConfig:
+def _dinov2(name: str, size: str, dim: int, depth: int, heads: int, summary: str, **facts: Any) -> ModelConfig:
     return _vit(name, 14, dim, depth, heads, summary, family="dinov2", layer_scale=1e-5, default_input_size=224,
                 global_pool=None, embedding="patch_mean_layernorm", upstream_family="Dinov2",
                 default_weights=WeightsSource(_DINOV2_LVD142M.format(size), "bicubic_antialias", 0.02), **facts)
 
 
 def _dinov3(name: str, dim: int, depth: int, heads: int, ffn_ratio: float, swiglu: bool, summary: str,
-            **extra) -> ModelConfig:
+            **extra: Any) -> ModelConfig:
     return ModelConfig(name, "dinov3", "dinov3", 16, dim, depth, heads, mlp_ratio=ffn_ratio,
                        ffn_layer="swiglu" if swiglu else "mlp", qkv_bias=extra.pop("qkv_bias", True),
                        layer_scale=1e-5, norm_eps=1e-5, global_pool=None, head_init_std=2e-5, embedding="class_token",
@@ -127,7 +127,7 @@ def _dinov3(name: str, dim: int, depth: int, heads: int, ffn_ratio: float, swigl
 
 
 def _mae(name: str, encoder: str, patch: int, dim: int, depth: int, heads: int, summary: str,
-         published: Tuple[str, ...] = (), **decoder) -> ModelConfig:
+         published: Tuple[str, ...] = (), **decoder: Any) -> ModelConfig:
     return ModelConfig(name, "mae", "mae", patch, dim, depth, heads, default_input_size=224, global_pool=None,
                        encoder=encoder, published=published, extra={**_MAE_DECODER, **decoder}, summary=summary)
 

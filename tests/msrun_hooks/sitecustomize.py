@@ -1,4 +1,4 @@
-"""Loaded at start-up by every msrun worker of tests/test_distributed.py (it is put first on PYTHONPATH).
+"""Loaded at start-up by every msrun worker of tests/process/test_distributed.py (it is put first on PYTHONPATH).
 
 After each validation, each rank writes the sha256 of its model's weights to $RETFOUND_TEST_DIGEST_DIR/rank<r>.txt,
 so the test can check that data-parallel ranks hold identical weights. Test code, not the project's.

@@ -12,8 +12,8 @@ the number of messages before it, their size in bytes and the CRC-32 of those by
 even between two tensors (what a kill during a save or an interrupted copy leaves), lacks it, and a file changed
 since lacks the CRC: every reader refuses both in one line. A file without the marker that is known to be
 complete (a training checkpoint of an earlier version, whose last entry is its metadata) is accepted by the
-caller's `complete_without_marker`; any other can be sealed after checking it: python -m util_mindspore.checkpoints.ckpt_format
---seal FILE.
+caller's `complete_without_marker`; any other can be sealed after checking it:
+python -m util_mindspore.checkpoints.ckpt_format --seal FILE.
 """
 import argparse
 import errno
@@ -38,7 +38,7 @@ END_MARKER = "__retfound_end__"
 _CRC_CHUNK = 16 << 20
 
 
-def _varint(n):
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append(n & 0x7F | 0x80)
@@ -47,11 +47,11 @@ def _varint(n):
     return bytes(out)
 
 
-def _len_field(number, length):
+def _len_field(number: int, length: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(length)
 
 
-def _ckpt_message_head(name, dims, type_name, content_len):
+def _ckpt_message_head(name: str, dims: typing.Sequence[int], type_name: str, content_len: int) -> bytes:
     """Everything of one Checkpoint message before its tensor bytes."""
     tag = name.encode()
     tensor = b"".join(_varint(1 << 3) + _varint(d) for d in dims) + _len_field(2, len(type_name)) + \
@@ -60,7 +60,7 @@ def _ckpt_message_head(name, dims, type_name, content_len):
     return _len_field(1, len(value) + content_len) + value
 
 
-def _ckpt_entry(value):
+def _ckpt_entry(value: typing.Union[np.ndarray, str, int, float]) -> typing.Tuple[typing.List[int], str, memoryview]:
     """(dims, type name, bytes view) as ms.save_checkpoint stores an array, a str, an int or a float."""
     if isinstance(value, str):  # MindSpore keeps strings as numpy unicode (UTF-32) with dims [0]
         return [0], "str", memoryview(np.array(value).tobytes())
@@ -86,11 +86,16 @@ class FileExtent(typing.NamedTuple):
     shape: tuple
 
 
+# what an entry is written from: an array, a str / int / float (metadata), or tensor bytes lying in a file
+CkptValue = typing.Union[np.ndarray, str, int, float, FileExtent]
+# what a .ckpt is read back as: name -> numpy array or str
+CkptEntries = typing.Dict[str, typing.Union[np.ndarray, str]]
+
 # errors that say the kernel cannot copy between these two files (old kernel, other OS, filesystem pair)
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
-def _copy_extent(src_fd, offset, count, dst_fd):
+def _copy_extent(src_fd: int, offset: int, count: int, dst_fd: int) -> None:
     """Copy `count` bytes at `offset` to dst's position: copy_file_range, or pread / write where it fails."""
     kernel = hasattr(os, "copy_file_range")
     while count > 0:
@@ -109,13 +114,13 @@ def _copy_extent(src_fd, offset, count, dst_fd):
         offset, count = offset + done, count - done
 
 
-def _write_all(fh, data):
+def _write_all(fh: typing.BinaryIO, data: typing.Union[bytes, memoryview]) -> None:
     view = memoryview(data)
     while view:  # an unbuffered write may take less than it was given
         view = view[fh.write(view):]
 
 
-def _write_ckpt_entry(fh, name, value):
+def _write_ckpt_entry(fh: typing.BinaryIO, name: str, value: CkptValue) -> int:
     """Write one entry; returns how many messages it took."""
     if isinstance(value, FileExtent):
         dims, type_name, nbytes = list(value.shape), "Float32", 4 * int(np.prod(value.shape, dtype=np.int64))
@@ -132,7 +137,7 @@ def _write_ckpt_entry(fh, name, value):
     return len(range(0, max(nbytes, 1), _CKPT_SLICE))
 
 
-def _crc32_of(fd, length):
+def _crc32_of(fd: int, length: int) -> int:
     crc, offset = 0, 0
     while offset < length:
         chunk = os.pread(fd, min(_CRC_CHUNK, length - offset), offset)
@@ -143,16 +148,18 @@ def _crc32_of(fd, length):
     return crc
 
 
-def _end_marker(messages, length, crc):
+def _end_marker(messages: int, length: int, crc: int) -> str:
     return json.dumps({"version": 1, "messages": messages, "bytes": length, "crc32": crc})
 
 
-def _seal(fh, messages):
+def _seal(fh: typing.BinaryIO, messages: int) -> None:
     """Append END_MARKER for everything written so far (read back for its CRC-32, from the page cache)."""
     length = os.fstat(fh.fileno()).st_size
     _write_ckpt_entry(fh, END_MARKER, _end_marker(messages, length, _crc32_of(fh.fileno(), length)))
 
-def save_arrays_ckpt(arrays, path, append_dict=None):
+def save_arrays_ckpt(arrays: typing.Union[typing.Mapping[str, CkptValue],
+                                          typing.Iterable[typing.Tuple[str, CkptValue]]],
+                     path: str, append_dict: typing.Optional[typing.Mapping[str, CkptValue]] = None) -> None:
     """Write name -> array (then append_dict's str / int / float) as a MindSpore .ckpt via a temp file.
 
     The bytes are those ms.save_checkpoint writes; a crash never leaves half a file under `path`. `arrays` may
@@ -185,7 +192,7 @@ def save_arrays_ckpt(arrays, path, append_dict=None):
             os.remove(tmp)
 
 
-def partial_name(path):
+def partial_name(path: str) -> str:
     """The temporary name a .ckpt is written under (a crash may leave it: it is never read, and is removed)."""
     return f"{path[:-len('.ckpt')] if path.endswith('.ckpt') else path}.partial.ckpt"
 
@@ -194,7 +201,7 @@ class _NotPlainCkpt(Exception):
     """The bytes are not a .ckpt of plain tensors (cut short, changed, or a feature this reader does not read)."""
 
 
-def _read_varint(buf, pos):
+def _read_varint(buf: bytes, pos: int) -> typing.Tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -207,7 +214,8 @@ def _read_varint(buf, pos):
         shift += 7
 
 
-def _read_len_field(buf, pos, number, available=None):
+def _read_len_field(buf: bytes, pos: int, number: int,
+                    available: typing.Optional[int] = None) -> typing.Tuple[int, int]:
     """(start, end) of a length-delimited field; `available`: bytes that exist from buf[0] on (default len(buf))."""
     key, pos = _read_varint(buf, pos)
     if key != (number << 3 | 2):
@@ -218,7 +226,7 @@ def _read_len_field(buf, pos, number, available=None):
     return pos, pos + length
 
 
-def _parse_message_head(head, available):
+def _parse_message_head(head: bytes, available: int) -> typing.Tuple[str, typing.List[int], str, int, int, int]:
     """(name, dims, type name, content start, content end, message end) of the message at head[0]: every length
     checked against the `available` bytes, so nothing beyond the file is ever sized."""
     try:
@@ -240,7 +248,7 @@ def _parse_message_head(head, available):
     return name, dims, type_name, c_start, c_end, end
 
 
-def _read_plain_ckpt(path, stop=None):
+def _read_plain_ckpt(path: str, stop: typing.Optional[int] = None) -> typing.Tuple[CkptEntries, int, int]:
     """(name -> numpy array or str, message count, start of the last message) of the messages before byte `stop`
     (default: the file's end). Each message head is parsed from a small read and checked against the bytes that
     exist; the tensor bytes are read straight into their array, whose size must match its dims and type."""
@@ -288,7 +296,7 @@ _MARKER_TAG = _len_field(1, len(END_MARKER)) + END_MARKER.encode()
 _TAIL = 8192  # the end marker message is well under this (a JSON of four numbers, stored as UTF-32)
 
 
-def _find_end_marker(path, size):
+def _find_end_marker(path: str, size: int) -> typing.Optional[typing.Tuple[typing.Dict[str, int], int]]:
     """(its JSON, where its message starts) when the file ends with our end marker, else None; raises WeightError
     when the tail names a marker that cannot be read (damaged). Reads the tail only: nothing of the file's records
     is parsed or sized before their CRC-32 is checked."""
@@ -321,7 +329,8 @@ def _find_end_marker(path, size):
                       "interrupted copy, or changed since it was written); use another copy")
 
 
-def read_ckpt_entries(path, complete_without_marker=None):
+def read_ckpt_entries(path: str, complete_without_marker: typing.Optional[
+                          typing.Callable[[CkptEntries, typing.Optional[str]], bool]] = None) -> CkptEntries:
     """name -> numpy array or str of a complete, unchanged .ckpt (see the module docstring).
 
     A file with our end marker is verified first (the CRC-32 of every byte before the marker, read in chunks),
@@ -360,7 +369,7 @@ def read_ckpt_entries(path, complete_without_marker=None):
                       f"copy?); if it comes from elsewhere and you know it is whole: {_SEAL_HINT} {path}")
 
 
-def seal_ckpt(path):
+def seal_ckpt(path: str) -> None:
     """Append the end marker to a complete .ckpt of plain tensors written elsewhere (ms.save_checkpoint, an older
     version of this project)."""
     entries = read_ckpt_entries(path, complete_without_marker=lambda entries, last: True)
@@ -384,7 +393,7 @@ def seal_ckpt(path):
             os.remove(tmp)
 
 
-def main(argv=None):
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Check a .ckpt written elsewhere and give it our end marker.")
     parser.add_argument("--seal", required=True, metavar="FILE")
     args = parser.parse_args(argv)

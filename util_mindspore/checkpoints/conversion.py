@@ -12,7 +12,7 @@ import re
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
+from typing import TYPE_CHECKING, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from util_mindspore.errors import WeightError, first_line
 from util_mindspore.files.atomic import atomic_write, writable_dir
 from util_mindspore.files.caches import default_cache_dir
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger("retfound.weights")
 
 # 2: .ckpt files carry an end marker; 3: the MAE decoder and mask tokens are kept (continued pre-training, DINOv3's
@@ -31,7 +34,8 @@ CONVERTER_VERSION = 3
 CONVERTED_FORMAT = "retfound-mindspore-converted-1"
 
 
-def _to_numpy(value, buffer=None):
+def _to_numpy(value: Union[np.ndarray, torch_pickle.LazyTensor, "torch.Tensor"],
+              buffer: Optional[np.ndarray] = None) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, torch_pickle.LazyTensor):
@@ -43,7 +47,7 @@ def _to_numpy(value, buffer=None):
     return tensor.numpy()
 
 
-def _read_torch_file(path):
+def _read_torch_file(path: str) -> object:
     """Unpickle a torch checkpoint without running code.
 
     Our zip reader comes first even when torch is installed: it reads tensors lazily, where torch.load holds
@@ -103,7 +107,7 @@ def read_checkpoint_file(path: str) -> object:
         raise WeightError(f"{path}: damaged checkpoint: {first_line(exc)}") from exc
 
 
-def _sha256(path, chunk=16 << 20):
+def _sha256(path: str, chunk: int = 16 << 20) -> str:
     digest, buffer = hashlib.sha256(), bytearray(chunk)  # one buffer: no fresh memory per chunk
     view = memoryview(buffer)
     with open(path, "rb") as fh:
@@ -112,7 +116,7 @@ def _sha256(path, chunk=16 << 20):
     return digest.hexdigest()
 
 
-def _local_fingerprint(path):
+def _local_fingerprint(path: str) -> str:
     """What a local source holds, for the cache when its size or mtime changed. A zip checkpoint (torch >= 1.6)
     is known by its directory: member names, sizes and CRC-32s, which the conversion checks against the bytes
     it converts: milliseconds, where hashing the whole file takes about as long as converting it. A changed
@@ -125,12 +129,12 @@ def _local_fingerprint(path):
     return f"zip-crc32:{hashlib.sha256(json.dumps(listing).encode()).hexdigest()}"
 
 
-def _file_identity(path):
+def _file_identity(path: str) -> Dict[str, int]:
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _read_meta(meta_path):
+def _read_meta(meta_path: str) -> Optional[Dict[str, object]]:
     try:
         with open(meta_path) as fh:
             return json.load(fh)
@@ -138,17 +142,18 @@ def _read_meta(meta_path):
         return None
 
 
-def _write_atomic_json(path, data):
+def _write_atomic_json(path: str, data: Mapping[str, object]) -> None:
     with atomic_write(path) as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
 
 
-def _cache_paths(cache_dir, source):
+def _cache_paths(cache_dir: str, source: hub.Source) -> Tuple[str, str, str]:
     base = os.path.join(cache_dir, source.name)
     return base + ".ckpt", base + ".json", base + ".lock"
 
 
-def _is_cache_hit(source, ckpt_path, meta_path, token, revision):
+def _is_cache_hit(source: hub.Source, ckpt_path: str, meta_path: str, token: Optional[str],
+                  revision: Optional[str]) -> bool:
     meta = _read_meta(meta_path)
     if meta is None or meta.get("converter_version") != CONVERTER_VERSION or not os.path.exists(ckpt_path):
         return False
@@ -173,18 +178,18 @@ def _is_cache_hit(source, ckpt_path, meta_path, token, revision):
     return etag == meta.get("etag")
 
 
-def _unreadable(path, exc):
+def _unreadable(path: str, exc: BaseException) -> WeightError:
     return WeightError(f"{path}: unreadable (truncated or corrupt?) checkpoint: {first_line(exc)}")
 
 
-def _check_storages(storages):
+def _check_storages(storages: Sequence[torch_pickle._Storage]) -> None:
     """Read each storage once into one buffer: _Storage.read checks its CRC-32."""
     buffer = np.empty(max((s.nbytes for s in storages), default=0), np.uint8)
     for storage in storages:
         storage.read(buffer)
 
 
-def _convert(source, path, ckpt_path, meta_path, extra_meta):
+def _convert(source: hub.Source, path: str, ckpt_path: str, meta_path: str, extra_meta: Mapping[str, object]) -> None:
     """Write the .ckpt: float32 tensors stored as they lie are copied file to file in the kernel, as a file copy
     is; the rest are read into CKPT_WRITE_AHEAD + 1 recycled buffers. Meanwhile a second thread reads the
     copied storages to check their CRC-32, so a corrupt file is refused before the .ckpt is renamed into place.
@@ -204,7 +209,7 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
         copied = {state_dict[k].storage.name: state_dict[k].storage for k in ranges}
         crc_checked = checker.submit(_check_storages, list(copied.values()))
 
-        def tensors():
+        def tensors() -> Iterator[Tuple[str, Union[FileExtent, np.ndarray]]]:
             sizes = [v.storage.nbytes for k, v in state_dict.items() if isinstance(v, torch_pickle.LazyTensor)
                      and k not in ranges]
             buffers = [np.empty(max(sizes, default=0), np.uint8) for _ in range(CKPT_WRITE_AHEAD + 1)]
@@ -232,13 +237,13 @@ def _convert(source, path, ckpt_path, meta_path, extra_meta):
                 time.time() - started, ckpt_path)
 
 
-def is_cache_entry(ckpt_path, name_or_path):
+def is_cache_entry(ckpt_path: str, name_or_path: str) -> bool:
     """Whether ckpt_path is a conversion we made (re-made at will), not the user's own .ckpt."""
     return os.path.abspath(ckpt_path) != os.path.abspath(str(name_or_path))
 
 
 @contextlib.contextmanager
-def _cache_lock(cache_dir, lock_path, ckpt_path):
+def _cache_lock(cache_dir: str, lock_path: str, ckpt_path: str) -> Iterator[None]:
     """The cache entry's file lock, so ranks starting together convert once. A cache that cannot be written (a
     shared read-only cache) is still read: without the lock, with a warning. A lock file is removed again when its
     conversion failed, so failed names leave nothing behind."""

@@ -30,7 +30,7 @@ class Source:
     filename: Optional[str] = None
 
 
-def resolve_source(name_or_path):
+def resolve_source(name_or_path: str) -> Source:
     """What a --finetune / --resume value names (see the module docstring)."""
     value = str(name_or_path)
     spelled = os.path.splitext(value)[0] + ".ckpt"
@@ -67,7 +67,7 @@ def resolve_source(name_or_path):
                       f"{', '.join(published_weights())}")
 
 
-def hub_file_etag(source, token, revision):
+def hub_file_etag(source: Source, token: Optional[str], revision: Optional[str]) -> Optional[str]:
     """ETag of the hub file (a HEAD request, no download); None when the hub cannot be asked."""
     import huggingface_hub.constants as hf_constants
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -94,7 +94,7 @@ def _hub_unreachable() -> tuple:
     return HfHubHTTPError, OfflineModeIsEnabled, TransportError, OSError, TimeoutError
 
 
-def download(source, token, revision):
+def download(source: Source, token: Optional[str], revision: Optional[str]) -> str:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -130,6 +130,6 @@ def download(source, token, revision):
         raise WeightError(f"{where}: download failed: {first_line(exc)}") from exc
 
 
-def _gated_message(source):
+def _gated_message(source: Source) -> str:
     return (f"{source.repo_id} is gated: request access at https://huggingface.co/{source.repo_id}, then run "
             "`huggingface-cli login` or set HF_TOKEN (or pass --token)")

@@ -3,6 +3,7 @@
 One small function per source family; reading files, downloading and loading live elsewhere.
 """
 import re
+from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
@@ -17,16 +18,16 @@ _DROPPED = re.compile(r"^(dino_head\.|ibot_head\.|dino_loss|ibot_patch_loss)")
 _PRETRAINING_ONLY = re.compile(r"^(decoder_|mask_token$|local_cls_norm\.)")
 
 
-def is_pretraining_only(key):
+def is_pretraining_only(key: str) -> bool:
     """Whether a checkpoint key belongs to pre-training only (the load report lists these apart)."""
     return bool(_PRETRAINING_ONLY.match(key) or _DROPPED.match(key))
 
 
-def _is_tensor(value):
+def _is_tensor(value: object) -> bool:
     return isinstance(value, (np.ndarray, torch_pickle.LazyTensor)) or type(value).__name__ in ("Tensor", "Parameter")
 
 
-def _select_state_dict(obj):
+def _select_state_dict(obj: object) -> Tuple[str, Dict[str, Any]]:
     """Pick the weights inside a checkpoint: model (MAE, fine-tuned), teacher (DINOv2), state_dict, module, root."""
     if isinstance(obj, dict):
         for key in ("model", "teacher", "state_dict", "module", "model_ema"):
@@ -36,7 +37,7 @@ def _select_state_dict(obj):
     raise WeightError(f"checkpoint holds a {type(obj).__name__}, not a dict of weights")
 
 
-def _strip_prefixes(sd):
+def _strip_prefixes(sd: Mapping[str, Any]) -> Dict[str, Any]:
     out = {}
     for key, value in sd.items():
         for prefix in ("module.", "backbone."):
@@ -46,7 +47,7 @@ def _strip_prefixes(sd):
     return out
 
 
-def _rename_swiglu(sd):
+def _rename_swiglu(sd: Dict[str, Any]) -> Dict[str, Any]:
     """Meta's DINOv2 SwiGLU names (`w12`, `w3`) renamed fc1/fc2 as upstream renames them. Upstream renames `w3`
     in every checkpoint; DINOv3's SwiGLU (`w1`, `w2`, `w3`) keeps its names here (deliberate: upstream's rename
     leaves those models with a random `w3`)."""
@@ -55,13 +56,13 @@ def _rename_swiglu(sd):
     return {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in sd.items()}
 
 
-def _convert_mae(sd):
+def _convert_mae(sd: Mapping[str, Any]) -> Dict[str, Any]:
     """MAE pretraining (encoder + decoder), fine-tuned, Meta DINOv2/DINOv3 and timm checkpoints: every tensor but
     DINO's heads."""
     return _rename_swiglu({k: v for k, v in sd.items() if not _DROPPED.match(k)})
 
 
-def _convert_dinov2(sd):
+def _convert_dinov2(sd: Mapping[str, Any]) -> Dict[str, Any]:
     """DINOv2 teacher: drop heads, un-chunk `blocks.<chunk>.<i>.`, rename SwiGLU w12/w3 as upstream does."""
     out = {}
     for key, value in sd.items():
@@ -71,7 +72,7 @@ def _convert_dinov2(sd):
     return _rename_swiglu(out)
 
 
-def source_args(obj):
+def source_args(obj: object) -> Dict[str, object]:
     """The training arguments a checkpoint carries (upstream saves its argparse.Namespace as 'args'), as a dict of
     JSON values: what a reader needs to rebuild the model (model, model_arch, input_size, nb_classes, ...)."""
     args = obj.get("args") if isinstance(obj, dict) else None
@@ -79,7 +80,7 @@ def source_args(obj):
     return {str(k): v for k, v in values.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
-def checkpoint_filter_fn(obj):
+def checkpoint_filter_fn(obj: object) -> Tuple[Dict[str, Any], str]:
     """Published checkpoint object -> (flat dict name -> tensor, layout name). The one place for layout rules."""
     container, sd = _select_state_dict(obj)
     sd = {k: v for k, v in sd.items() if _is_tensor(v)}

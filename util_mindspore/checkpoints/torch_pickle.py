@@ -12,7 +12,7 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Optional
+from typing import IO, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 
@@ -42,10 +42,10 @@ class DamagedCheckpoint(ValueError):
 
 
 class _Storage:
-    def __init__(self, archive, name, dtype):
+    def __init__(self, archive: zipfile.ZipFile, name: str, dtype: Union[Type[np.generic], str]) -> None:
         self.archive, self.name, self.dtype = archive, name, dtype
 
-    def data_offset(self):
+    def data_offset(self) -> Optional[int]:
         """Where the member's bytes start in the checkpoint file, or None when they are not stored as they are
         (compressed: torch never compresses storages) or the archive is closed."""
         info = self.archive.getinfo(self.name)
@@ -88,14 +88,14 @@ class _Storage:
         return np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.archive.getinfo(self.name).file_size
 
     @property
-    def itemsize(self):
+    def itemsize(self) -> int:
         return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
-    def check(self, file_size):
+    def check(self, file_size: int) -> None:
         """The member exists, is stored as torch stores it (never compressed), and lies inside the file: its
         declared size is then bounded by the file's, so nothing is allocated from a forged size."""
         try:
@@ -112,7 +112,7 @@ class LazyTensor:
     """A tensor as the pickle describes it; `to_numpy()` reads its bytes. Its view is checked against its storage
     when it is built: a tensor that would read past its storage (a cut or forged file) is refused, never read."""
 
-    def __init__(self, storage, offset, shape, stride):
+    def __init__(self, storage: _Storage, offset: int, shape: Sequence[int], stride: Sequence[int]) -> None:
         self.storage, self.offset = storage, int(offset)
         self.shape, self.stride = tuple(int(s) for s in shape), tuple(int(s) for s in stride)
         if len(self.shape) != len(self.stride) or self.offset < 0 or any(v < 0 for v in self.shape + self.stride):
@@ -125,10 +125,10 @@ class LazyTensor:
                                     f"{storage.name}")
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
-    def file_range(self):
+    def file_range(self) -> Optional[Tuple[int, int]]:
         """(offset, nbytes) of this tensor in the checkpoint file when its bytes there already are its C-order
         little-endian float32 contents, so they can be copied as they lie; else None."""
         if self.storage.dtype is not np.float32:
@@ -143,7 +143,7 @@ class LazyTensor:
             return None
         return start + self.offset * 4, expected * 4
 
-    def to_numpy(self, buffer=None):
+    def to_numpy(self, buffer: Optional[np.ndarray] = None) -> np.ndarray:
         """The tensor as a C-contiguous native-order array; with `buffer`, possibly a view of it (see _Storage)."""
         flat = self.storage.read(buffer)
         if not self.shape:
@@ -154,21 +154,23 @@ class LazyTensor:
         return np.ascontiguousarray(view).astype(view.dtype.newbyteorder("="), copy=False)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+def _rebuild_tensor(storage: _Storage, storage_offset: int, size: Sequence[int], stride: Sequence[int],
+                    *unused: object) -> LazyTensor:
     return LazyTensor(storage, storage_offset, size, stride)
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
+def _rebuild_parameter(data: LazyTensor, requires_grad: bool = False, backward_hooks: object = None,
+                       *unused: object) -> LazyTensor:
     return data
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, fileobj, archive, root, source):
+    def __init__(self, fileobj: IO[bytes], archive: zipfile.ZipFile, root: str, source: str) -> None:
         super().__init__(fileobj)
         self.archive, self.root, self.source = archive, root, source
         self.file_size = os.path.getsize(source)
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> object:
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "argparse" and name == "Namespace":
@@ -183,7 +185,7 @@ class _SafeUnpickler(pickle.Unpickler):
             f"{self.source}: refusing to unpickle '{module}.{name}': only tensors, dicts, argparse.Namespace "
             "and plain containers are read (a checkpoint that needs more could run code)")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
             raise UnsafePickleError(f"{self.source}: unexpected persistent id {pid!r}")
         storage = _Storage(self.archive, f"{self.root}/data/{pid[2]}", _STORAGE_DTYPES[pid[1]])

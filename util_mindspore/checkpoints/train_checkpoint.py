@@ -8,14 +8,15 @@ source) and the epoch, best score, class names and args. Two kinds:
   model only: a third of a "last" one (ViT-L: 1.2 GB against 3.6 GB).
 A converted published checkpoint is read the same way: weights only. Written to a temp file and renamed, by rank 0.
 """
+import argparse
 import dataclasses
 import json
-from typing import Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import mindspore as ms
 import numpy as np
 
-from util_mindspore.checkpoints.ckpt_format import read_ckpt_entries, save_arrays_ckpt
+from util_mindspore.checkpoints.ckpt_format import CkptEntries, read_ckpt_entries, save_arrays_ckpt
 from util_mindspore.errors import WeightError
 from util_mindspore.files.names import printable
 
@@ -33,16 +34,18 @@ class TrainingCheckpoint:
     meta: dict = dataclasses.field(default_factory=dict)  # format, model, class_names, args
 
     @property
-    def class_names(self):
+    def class_names(self) -> Optional[List[str]]:
         return self.meta.get("class_names")
 
 
-def _jsonable_args(args):
+def _jsonable_args(args: argparse.Namespace) -> Dict[str, object]:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
-def save_checkpoint(path, model, train_step, epoch, best_score, class_names, args, outputs=None, kind="last",
-                    extra_meta=None):
+def save_checkpoint(path: str, model: ms.nn.Cell, train_step: Optional[ms.nn.Cell], epoch: int, best_score: float,
+                    class_names: Optional[Sequence[str]], args: argparse.Namespace,
+                    outputs: Optional[Mapping[str, int]] = None, kind: str = "last",
+                    extra_meta: Optional[Mapping[str, object]] = None) -> None:
     """Model + epoch + best score + class names + args, atomically; kind "last" adds the optimizer, loss scale and
     accumulators (a train step's state). `outputs`: how many rows each output file had when it was saved (a
     resumed run cuts them back to that)."""
@@ -55,14 +58,14 @@ def save_checkpoint(path, model, train_step, epoch, best_score, class_names, arg
                                                 "meta": json.dumps(meta)})
 
 
-def _written_by_earlier_version(entries, last_name):
+def _written_by_earlier_version(entries: CkptEntries, last_name: Optional[str]) -> bool:
     """Training checkpoints of versions before the end marker are whole when their metadata, written last, is
     there."""
     return last_name == "meta" and isinstance(entries.get("meta"), str) and \
         f'"format": "{CHECKPOINT_FORMAT}"' in entries["meta"]
 
 
-def read_checkpoint(path) -> TrainingCheckpoint:
+def read_checkpoint(path: str) -> TrainingCheckpoint:
     """A training checkpoint or a converted published checkpoint (weights only) from one of our .ckpt files;
     refused in one line when incomplete or damaged (util_mindspore/checkpoints/ckpt_format.py)."""
     loaded = read_ckpt_entries(path, complete_without_marker=_written_by_earlier_version)
@@ -76,17 +79,17 @@ def read_checkpoint(path) -> TrainingCheckpoint:
         epoch=epoch, best_score=best_score, meta=meta)
 
 
-def is_training_checkpoint(checkpoint):
+def is_training_checkpoint(checkpoint: TrainingCheckpoint) -> bool:
     return checkpoint.meta.get("format") == CHECKPOINT_FORMAT
 
 
-def holds_training_state(checkpoint):
+def holds_training_state(checkpoint: TrainingCheckpoint) -> bool:
     """Whether a run can continue from it: ours, of kind "last" (checkpoints of earlier versions had no kind and
     always held the state)."""
     return is_training_checkpoint(checkpoint) and checkpoint.meta.get("kind", "last") == "last"
 
 
-def restore_training_state(checkpoint, train_step, source):
+def restore_training_state(checkpoint: TrainingCheckpoint, train_step: ms.nn.Cell, source: str) -> int:
     """Optimizer moments and step, loss scale, accumulators into `train_step`; returns how many were restored.
 
     Every optimizer and loss-scale tensor this run has must be there, and the epoch: a run is never continued

@@ -2,7 +2,7 @@
 the device, precision, jit level and execution mode, so each flag means the same everywhere."""
 import argparse
 import math
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 from util_mindspore.errors import ArgumentError
 from util_mindspore.registry import MODEL_CONFIGS, list_models, upstream_families
@@ -11,13 +11,13 @@ from util_mindspore.registry import MODEL_CONFIGS, list_models, upstream_familie
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each flag's help; the description and epilog printed as written."""
 
-    def _get_help_string(self, action):
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
         if action.default in (None, False, "") or action.default is argparse.SUPPRESS:
             return action.help  # "(default: None)" says nothing
         return super()._get_help_string(action)
 
 
-def new_parser(description, epilog=None):
+def new_parser(description: Optional[str], epilog: Optional[str] = None) -> argparse.ArgumentParser:
     """An ArgumentParser with our help layout; the script's docstring is a good description."""
     return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
 
@@ -44,12 +44,13 @@ def model_choices() -> str:
 
 ALL_COMPUTE_FLAGS = ("device", "amp_level", "amp_dtype", "jit_level", "mode")
 # compute_policy's AMP_LEVELS and AMP_DTYPES names, not imported from there: that loads MindSpore, which a
-# prediction from an exported file never needs (tests/test_cli.py checks that they agree)
+# prediction from an exported file never needs (tests/cli/test_commands.py checks that they agree)
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
 AMP_DTYPE_NAMES = ("float16", "bfloat16")
 
 
-def add_compute_options(parser, flags=ALL_COMPUTE_FLAGS, amp_default="auto"):
+def add_compute_options(parser: argparse.ArgumentParser, flags: Sequence[str] = ALL_COMPUTE_FLAGS,
+                        amp_default: str = "auto") -> argparse._ArgumentGroup:
     """The 'device and precision' group: --device, --amp_level, --amp_dtype, --jit_level, --mode (those in `flags`)
     and --verbose. Returns the group."""
     group = parser.add_argument_group("device and precision")
@@ -78,7 +79,7 @@ def add_compute_options(parser, flags=ALL_COMPUTE_FLAGS, amp_default="auto"):
     return group
 
 
-def add_distributed_options(parser):
+def add_distributed_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """upstream's distributed flags: msrun sets the real values, these are accepted so upstream's commands run."""
     dist = parser.add_argument_group("distributed (msrun sets the real values; accepted for upstream's commands)")
     dist.add_argument("--world_size", default=1, type=int, help="number of processes (msrun's)")

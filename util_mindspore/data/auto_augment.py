@@ -4,14 +4,16 @@
 Upstream builds its training transform with timm's `create_transform(auto_augment=--aa, interpolation='bicubic')`,
 so each op here takes timm's arguments for a magnitude and draws its randomness in timm's order: given the same
 Python `random` state (and numpy state where timm uses numpy) an image comes out pixel for pixel as timm's
-(tests/test_auto_augment.py). Randomness comes from the caller's per-image `random.Random`, so decoding threads
+(tests/data/test_auto_augment.py). Randomness comes from the caller's per-image `random.Random`, so decoding threads
 never share a generator.
 
 Deliberate difference: posterize keeps at least 1 bit. At the top of the magnitude range timm 0.9.2 asks Pillow
 for 0 bits, which Pillow >= 13 refuses, ending upstream's run mid-epoch.
 """
 import math
+import random
 import re
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -20,25 +22,28 @@ from util_mindspore.errors import ArgumentError
 
 LEVEL_DENOM = 10.0
 
+# (magnitude, hparams, the image's random generator) -> the operation's arguments
+LevelToArg = Callable[[float, Dict[str, Any], random.Random], Tuple[float]]
+
 
 # --- the image operations (argument -> image) ---------------------------------------------------------------
 
-def _affine(img, matrix, hp):
+def _affine(img: Image.Image, matrix: Tuple[float, ...], hp: Dict[str, Any]) -> Image.Image:
     return img.transform(img.size, Image.AFFINE, matrix, resample=Image.BICUBIC, fillcolor=hp["fill"])
 
 
-def _posterize(img, bits, hp):
+def _posterize(img: Image.Image, bits: int, hp: Dict[str, Any]) -> Image.Image:
     return img if bits >= 8 else ImageOps.posterize(img, max(1, bits))  # >= 1 bit: see the module docstring
 
 
-def _solarize_add(img, add, hp, threshold=128):
+def _solarize_add(img: Image.Image, add: int, hp: Dict[str, Any], threshold: int = 128) -> Image.Image:
     if img.mode not in ("L", "RGB"):
         return img
     lut = [min(255, i + add) if i < threshold else i for i in range(256)]
     return img.point(lut * len(img.getbands()))
 
 
-def _gaussian_blur_rand(img, factor, hp, rng):
+def _gaussian_blur_rand(img: Image.Image, factor: float, hp: Dict[str, Any], rng: random.Random) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0 * factor)))
 
 
@@ -67,36 +72,36 @@ _APPLY = {
 
 # --- magnitude (0..10) -> the operation's argument, timm's scales ---------------------------------------------
 
-def _negate_half(value, rng):
+def _negate_half(value: float, rng: random.Random) -> float:
     return -value if rng.random() > 0.5 else value
 
 
-def _scaled(scale, signed=True):
-    def level_to_arg(level, hp, rng):
+def _scaled(scale: float, signed: bool = True) -> LevelToArg:
+    def level_to_arg(level: float, hp: Dict[str, Any], rng: random.Random) -> Tuple[float]:
         value = level / LEVEL_DENOM * scale
         return (_negate_half(value, rng) if signed else value),
     return level_to_arg
 
 
-def _enhance(level, hp, rng):
+def _enhance(level: float, hp: Dict[str, Any], rng: random.Random) -> Tuple[float]:
     return level / LEVEL_DENOM * 1.8 + 0.1,
 
 
-def _enhance_increasing(level, hp, rng):
+def _enhance_increasing(level: float, hp: Dict[str, Any], rng: random.Random) -> Tuple[float]:
     return max(0.1, 1.0 + _negate_half(level / LEVEL_DENOM * 0.9, rng)),
 
 
-def _between(low, high):
-    def level_to_arg(level, hp, rng):
+def _between(low: float, high: float) -> LevelToArg:
+    def level_to_arg(level: float, hp: Dict[str, Any], rng: random.Random) -> Tuple[float]:
         return max(low, min(high, low + (high - low) * level / LEVEL_DENOM)),
     return level_to_arg
 
 
-def _posterize_bits(level):
+def _posterize_bits(level: float) -> int:
     return int(level / LEVEL_DENOM * 4)
 
 
-def _solarize_threshold(level):
+def _solarize_threshold(level: float) -> int:
     return min(256, int(level / LEVEL_DENOM * 256))
 
 
@@ -132,7 +137,7 @@ OPS = {
 }
 
 
-def hparams_for(input_size, mean, translate_pct=0.45):
+def hparams_for(input_size: int, mean: Sequence[float], translate_pct: float = 0.45) -> Dict[str, Any]:
     """What create_transform gives timm's ops: translation limits from the crop size, the mean colour as fill."""
     return {"translate_const": int(input_size * 0.45), "translate_pct": translate_pct,
             "fill": tuple(min(255, round(255 * m)) for m in mean)}
@@ -142,13 +147,14 @@ class AugmentOp:
     """One op at a magnitude: applied with probability `prob`, magnitude jittered by N(0, std) (uniform in
     [0, magnitude] when std is infinite), clipped to [0, magnitude_max or 10]."""
 
-    def __init__(self, name, prob, magnitude, hparams, magnitude_std=0.0, magnitude_max=None):
+    def __init__(self, name: str, prob: float, magnitude: float, hparams: Dict[str, Any], magnitude_std: float = 0.0,
+                 magnitude_max: Optional[float] = None) -> None:
         if name not in OPS:
             raise ValueError(f"unknown augmentation op '{name}'")
         self.name, self.prob, self.magnitude = name, prob, magnitude
         self.hparams, self.magnitude_std, self.magnitude_max = hparams, magnitude_std, magnitude_max
 
-    def __call__(self, img, rng):
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         if self.prob < 1.0 and rng.random() > self.prob:
             return img
         magnitude = self.magnitude
@@ -212,31 +218,33 @@ AUTO_AUGMENT_POLICIES = {
 }
 
 
-def policy_table(name):
+def policy_table(name: str) -> List[List[Tuple[str, float, int]]]:
     """[[(op, prob, magnitude), ...], ...] of an AutoAugment policy."""
     return [[(op, float(prob), int(mag)) for op, prob, mag in (step.split() for step in sub.split(","))]
             for sub in AUTO_AUGMENT_POLICIES[name].split("|")]
 
 
 class AutoAugment:
-    def __init__(self, policy, hparams, magnitude_std=0.0):
+    def __init__(self, policy: Sequence[Sequence[Tuple[str, float, int]]], hparams: Dict[str, Any],
+                 magnitude_std: float = 0.0) -> None:
         self.policy = [[AugmentOp(op, prob, mag, hparams, magnitude_std) for op, prob, mag in sub]
                        for sub in policy]
 
-    def __call__(self, img, rng):
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         for op in rng.choice(self.policy):
             img = op(img, rng)
         return img
 
 
 class RandAugment:
-    def __init__(self, ops, num_layers=2, choice_weights=None):
+    def __init__(self, ops: Sequence[AugmentOp], num_layers: int = 2,
+                 choice_weights: Optional[np.ndarray] = None) -> None:
         self.ops, self.num_layers, self.choice_weights = ops, num_layers, choice_weights
 
-    def __call__(self, img, rng):
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         return self.apply(img, rng, np.random.RandomState(rng.getrandbits(32)))
 
-    def apply(self, img, rng, np_rng):
+    def apply(self, img: Image.Image, rng: random.Random, np_rng: np.random.RandomState) -> Image.Image:
         """timm draws the ops from numpy's legacy generator, the rest from Python's: `np_rng` stands for the former."""
         chosen = np_rng.choice(len(self.ops), self.num_layers, replace=self.choice_weights is None,
                                p=self.choice_weights)
@@ -246,19 +254,20 @@ class RandAugment:
 
 
 class AugMix:
-    def __init__(self, ops, alpha=1.0, width=3, depth=-1, blended=False):
+    def __init__(self, ops: Sequence[AugmentOp], alpha: float = 1.0, width: int = 3, depth: int = -1,
+                 blended: bool = False) -> None:
         self.ops, self.alpha, self.width, self.depth, self.blended = ops, alpha, width, depth, blended
 
-    def __call__(self, img, rng):
+    def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         return self.apply(img, rng, np.random.RandomState(rng.getrandbits(32)))
 
-    def _chain(self, img, rng, np_rng):
+    def _chain(self, img: Image.Image, rng: random.Random, np_rng: np.random.RandomState) -> Image.Image:
         depth = self.depth if self.depth > 0 else np_rng.randint(1, 4)
         for index in np_rng.choice(len(self.ops), depth, replace=True):
             img = self.ops[index](img, rng)
         return img
 
-    def apply(self, img, rng, np_rng):
+    def apply(self, img: Image.Image, rng: random.Random, np_rng: np.random.RandomState) -> Image.Image:
         weights = np.float32(np_rng.dirichlet([self.alpha] * self.width))
         mix = np.float32(np_rng.beta(self.alpha, self.alpha))
         if self.blended:  # each chain blended in turn, weights rescaled so the result is the same mixture
@@ -278,7 +287,7 @@ class AugMix:
         return Image.blend(img, Image.fromarray(mixed.astype(np.uint8)), mix)
 
 
-def _sections(policy, allowed):
+def _sections(policy: str, allowed: Collection[str]) -> List[Tuple[str, str]]:
     """`name-k1v1-k2v2...` -> [(key, value)], keys split from values at the first digit, as timm does."""
     out = []
     for part in policy.split("-")[1:]:
@@ -295,7 +304,7 @@ def _sections(policy, allowed):
     return out
 
 
-def _number(policy, key, value, kind):
+def _number(policy: str, key: str, value: str, kind: Callable[[str], float]) -> float:
     try:
         return kind(value)
     except ValueError:
@@ -303,7 +312,7 @@ def _number(policy, key, value, kind):
             from None
 
 
-def _rand_augment(policy, hparams):
+def _rand_augment(policy: str, hparams: Dict[str, Any]) -> RandAugment:
     magnitude, num_layers, prob, std, mmax, increasing, op_set = 10, 2, 0.5, 0.0, None, False, None
     for key, value in _sections(policy, {"m", "n", "p", "mstd", "mmax", "inc", "t"}):
         if key == "t":
@@ -332,7 +341,7 @@ def _rand_augment(policy, hparams):
     return RandAugment(ops, num_layers, weights)
 
 
-def _augmix(policy, hparams):
+def _augmix(policy: str, hparams: Dict[str, Any]) -> AugMix:
     magnitude, width, depth, alpha, blended, std = 3, 3, -1, 1.0, False, math.inf  # uniform magnitudes by default
     for key, value in _sections(policy, {"m", "w", "d", "a", "b", "mstd"}):
         if key == "b":
@@ -353,7 +362,8 @@ def _augmix(policy, hparams):
     return AugMix(ops, alpha, width, depth, blended)
 
 
-def build_auto_augment(policy, input_size, mean):
+def build_auto_augment(policy: Optional[str], input_size: int,
+                       mean: Sequence[float]) -> Optional[Callable[[Image.Image, random.Random], Image.Image]]:
     """The `--aa` transform (callable(img, rng) -> img), or None for '' / 'none'."""
     if not policy or policy.lower() == "none":
         return None

@@ -104,7 +104,7 @@ class ImageFolder:
         transform: (picture, per-image random generator) -> CHW float32 array.
     """
 
-    def __init__(self, root: str, transform: Optional[Transform] = None):
+    def __init__(self, root: str, transform: Optional[Transform] = None) -> None:
         self.root, self.transform = root, transform
         if not os.path.isdir(root):
             raise DataError(f"{root}: split folder not found (expected <data_path>/{{train,val,test}}/<class>/*)")
@@ -158,7 +158,7 @@ class UnlabelledImages(ImageFolder):
     """Every image under a folder, in any layout (searched recursively), for MAE pre-training; upstream's ImageFolder
     (`<folder>/train/<class>/*`) is such a folder too. Labels are all 0: pre-training has none."""
 
-    def __init__(self, root: str, transform: Optional[Transform] = None):  # not ImageFolder's: no class folders
+    def __init__(self, root: str, transform: Optional[Transform] = None) -> None:  # not ImageFolder's: no class folders
         self.root, self.transform, self.classes = root, transform, []
         if not os.path.isdir(root):
             raise DataError(f"--data_path {root}: not a folder")
@@ -221,7 +221,7 @@ class Loader:
     """
 
     def __init__(self, dataset: ImageFolder, batch_size: int, train: bool, num_workers: int = 2, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, prefetch: Optional[int] = None):
+                 rank: int = 0, world_size: int = 1, prefetch: Optional[int] = None) -> None:
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_workers = max(1, num_workers)

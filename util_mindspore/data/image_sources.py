@@ -7,8 +7,9 @@ device named like an image is never opened); symbolic links are followed, as tor
 import csv
 import dataclasses
 import os
-from typing import Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 from PIL import Image
 
 from util_mindspore.data.datasets import DECODE_ERRORS, IMG_EXTENSIONS, DataError, is_regular_file
@@ -21,11 +22,11 @@ class ImageItem:
     label: Optional[int] = None
 
 
-def _is_image_file(path):
+def _is_image_file(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS) and is_regular_file(path)
 
 
-def _from_folder(root, class_names):
+def _from_folder(root: str, class_names: Optional[Sequence[str]]) -> List[ImageItem]:
     items = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -41,7 +42,7 @@ def _from_folder(root, class_names):
     return items
 
 
-def _from_csv(csv_path, class_names):
+def _from_csv(csv_path: str, class_names: Optional[Sequence[str]]) -> List[ImageItem]:
     base = os.path.dirname(os.path.abspath(csv_path))
     index = {name: i for i, name in enumerate(class_names or [])}
     items = []
@@ -65,7 +66,7 @@ def _from_csv(csv_path, class_names):
     return items
 
 
-def list_images(data_path, class_names=None):
+def list_images(data_path: str, class_names: Optional[Sequence[str]] = None) -> List[ImageItem]:
     """The images of --data_path, in a stable order; raises DataError when there are none."""
     if os.path.isdir(data_path):
         items = _from_folder(data_path, class_names)
@@ -81,7 +82,8 @@ def list_images(data_path, class_names=None):
     return items
 
 
-def decode(item, transforms):
+def decode(item: ImageItem, transforms: Mapping[str, Callable[[Image.Image], np.ndarray]]
+           ) -> Tuple[Optional[Dict[str, np.ndarray]], Optional[str]]:
     """({name: CHW float32 array} for each transform of `transforms`, None), or (None, why it cannot be read): the
     file is decoded once whatever the number of transforms; a bad image is reported, never raised."""
     try:

@@ -5,23 +5,26 @@ label-smoothed class probabilities, without them plain one-hot (no smoothing). T
 takes probabilities, so both cases are one soft-target cross-entropy.
 
 timm draws from numpy's global generator; here each Mixup draws from a RandomState of its own, in timm's order,
-so the same seed gives timm's lambdas, boxes and mixed images (tests/test_mixup.py runs timm's on the same draws).
+so the same seed gives timm's lambdas, boxes and mixed images (tests/data/test_mixup.py runs timm's on the same draws).
 Deliberate difference: timm 0.9.2's pair and elem modes call the removed `np.bool` and stop on numpy >= 1.24;
 these run.
 """
+from typing import Optional, Sequence, Tuple, Union
+
 import numpy as np
 
 from util_mindspore.errors import ArgumentError
 
 
-def one_hot(targets, num_classes, smoothing=0.0):
+def one_hot(targets: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
     off = smoothing / num_classes
     out = np.full((len(targets), num_classes), off, dtype=np.float32)
     out[np.arange(len(targets)), targets] = 1.0 - smoothing + off
     return out
 
 
-def _cutmix_box(shape, lam, rng, minmax=None):
+def _cutmix_box(shape: Tuple[int, ...], lam: float, rng: np.random.RandomState,
+                minmax: Optional[Sequence[float]] = None) -> Tuple[Tuple[int, int, int, int], float]:
     """timm's cutmix_bbox_and_lam (correct_lam=True): the box and the lambda of its real area."""
     height, width = shape[-2:]
     if minmax is not None:
@@ -40,8 +43,9 @@ def _cutmix_box(shape, lam, rng, minmax=None):
 
 
 class Mixup:
-    def __init__(self, mixup_alpha=1.0, cutmix_alpha=0.0, cutmix_minmax=None, prob=1.0, switch_prob=0.5,
-                 mode="batch", label_smoothing=0.1, num_classes=1000, seed=0):
+    def __init__(self, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0,
+                 cutmix_minmax: Optional[Sequence[float]] = None, prob: float = 1.0, switch_prob: float = 0.5,
+                 mode: str = "batch", label_smoothing: float = 0.1, num_classes: int = 1000, seed: int = 0) -> None:
         if mode not in ("batch", "pair", "elem"):
             raise ArgumentError(f"--mixup_mode '{mode}': use batch, pair or elem")
         if cutmix_minmax is not None:
@@ -53,7 +57,7 @@ class Mixup:
         self.smoothing, self.num_classes = label_smoothing, num_classes
         self.rng = np.random.RandomState(seed)
 
-    def _params_per_batch(self):
+    def _params_per_batch(self) -> Tuple[float, bool]:
         """(lam, use_cutmix) in timm's order of draws."""
         if not self.rng.rand() < self.prob:
             return 1.0, False
@@ -65,7 +69,7 @@ class Mixup:
             return float(self.rng.beta(self.mixup_alpha, self.mixup_alpha)), False
         return float(self.rng.beta(self.cutmix_alpha, self.cutmix_alpha)), True
 
-    def _params_per_elem(self, n):
+    def _params_per_elem(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
         """(lams (n,), use_cutmix (n,)) in timm's order of draws."""
         lam = np.ones(n, dtype=np.float32)
         use_cutmix = np.zeros(n, dtype=bool)
@@ -80,7 +84,7 @@ class Mixup:
             lam_mix = self.rng.beta(self.cutmix_alpha, self.cutmix_alpha, size=n)
         return np.where(self.rng.rand(n) < self.prob, lam_mix.astype(np.float32), lam), use_cutmix
 
-    def __call__(self, images, targets):
+    def __call__(self, images: np.ndarray, targets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """(mixed images, soft targets) as timm's Mixup gives them; sample i mixes with sample n-1-i."""
         n = len(images)
         if n % 2:
@@ -99,7 +103,8 @@ class Mixup:
             lams = np.concatenate((lams, lams[::-1]))
         return out, y1 * lams[:, None] + y1[::-1] * (1.0 - lams[:, None])  # timm's float32 tensors
 
-    def _mix(self, out, images, rows, lam, cutmix, pair):
+    def _mix(self, out: np.ndarray, images: np.ndarray, rows: Sequence[int], lam: Union[float, np.float32],
+             cutmix: bool, pair: bool) -> Union[float, np.float32]:
         """Mix rows of `out` with their partners n-1-i in place (and the partner too, for pair); the real lam."""
         n = len(images)
         if lam == 1.0:

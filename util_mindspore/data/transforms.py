@@ -154,7 +154,7 @@ class EvalTransform:
         input_size: the crop's side in pixels.
     """
 
-    def __init__(self, input_size: int):
+    def __init__(self, input_size: int) -> None:
         self.input_size, self.resize = input_size, eval_resize_size(input_size)
 
     def crop(self, img: Image.Image) -> Image.Image:
@@ -171,7 +171,7 @@ class NotebookEmbeddingTransform:
     Deliberate differences: the image is converted to RGB first (the notebook fails on other modes), and a
     channel of one value is left at 0 (the notebook divides by its zero std)."""
 
-    def __init__(self, input_size: int):
+    def __init__(self, input_size: int) -> None:
         self.input_size = input_size
 
     def __call__(self, img: Image.Image, rng: Optional[random.Random] = None) -> np.ndarray:
@@ -195,7 +195,7 @@ class TrainTransform:
     """
 
     def __init__(self, input_size: int, aa: Optional[str] = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
-                 remode: str = "pixel", recount: int = 1, color_jitter: Optional[float] = None):
+                 remode: str = "pixel", recount: int = 1, color_jitter: Optional[float] = None) -> None:
         if remode not in ERASE_MODES:
             raise ArgumentError(f"--remode '{remode}': use one of {', '.join(ERASE_MODES)}")
         self.input_size = input_size
@@ -224,7 +224,7 @@ class PretrainTransform:
     """upstream main_pretrain.py's augmentation (torchvision): RandomResizedCrop(input_size, scale 0.2-1, bicubic),
     horizontal flip, ToTensor, ImageNet Normalize."""
 
-    def __init__(self, input_size: int):
+    def __init__(self, input_size: int) -> None:
         self.input_size = input_size
 
     def __call__(self, img: Image.Image, rng: random.Random) -> np.ndarray:

@@ -2,30 +2,35 @@
 PNG) and as a PDF beside it (vector, for journals). Colours are Okabe-Ito's (readable with colour-blindness), and
 every curve also differs by its line style."""
 import os
+import types
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 
 from util_mindspore.files.atomic import atomic_write
 from util_mindspore.files.names import printable
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 # Okabe & Ito's palette, then line styles: eight classes stay apart in colour, and in grey print by their style
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 LINE_STYLES = ("-", "--", "-.", ":")
 
 
-def pyplot():
+def pyplot() -> types.ModuleType:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def vector_path(path):
+def vector_path(path: str) -> str:
     """The PDF written beside a raster picture: confusion_matrix_test.jpg -> confusion_matrix_test.pdf."""
     return os.path.splitext(path)[0] + ".pdf"
 
 
-def save_figure(fig, path, dpi=150, vector=True):
+def save_figure(fig: "Figure", path: str, dpi: int = 150, vector: bool = True) -> None:
     """Write `fig` to `path` (its extension says the format) and, with `vector`, a PDF beside it; each file whole
     or not at all."""
     fig.tight_layout()
@@ -36,7 +41,8 @@ def save_figure(fig, path, dpi=150, vector=True):
     pyplot().close(fig)
 
 
-def save_confusion_matrix(path, labels, probs, class_names, title="Confusion matrix"):
+def save_confusion_matrix(path: str, labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                          title: str = "Confusion matrix") -> np.ndarray:
     """Counts and row percentages in each cell, rows the true classes, coloured by the row fraction (the matrix
     upstream's confusion_matrix_test.jpg shows, with the counts a paper reports)."""
     from sklearn.metrics import confusion_matrix
@@ -62,7 +68,8 @@ def save_confusion_matrix(path, labels, probs, class_names, title="Confusion mat
     return cm
 
 
-def save_roc_curves(path, labels, probs, class_names, title="ROC, one vs rest"):
+def save_roc_curves(path: str, labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                    title: str = "ROC, one vs rest") -> None:
     """One ROC curve per class (one vs rest) with its AUC in the legend; a class the split lacks or fills alone has
     no curve and says so."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -89,7 +96,7 @@ def save_roc_curves(path, labels, probs, class_names, title="ROC, one vs rest"):
     save_figure(fig, path)
 
 
-def save_training_curves(path, log_rows, best_epoch=None):
+def save_training_curves(path: str, log_rows: Sequence[Mapping[str, object]], best_epoch: Optional[int] = None) -> None:
     """Train and val loss, val score and accuracy per epoch from log.txt rows; the best epoch (checkpoint-best)
     marked on both panels."""
     plt = pyplot()
@@ -117,7 +124,7 @@ def save_training_curves(path, log_rows, best_epoch=None):
     save_figure(fig, path, dpi=120)
 
 
-def save_reconstructions(path, panels, names, title):
+def save_reconstructions(path: str, panels: Sequence[np.ndarray], names: Sequence[str], title: str) -> None:
     """One row per image: original, masked, reconstruction, reconstruction with the visible patches pasted (the
     four panels of RETFound_visualize.ipynb), PNG and PDF."""
     plt = pyplot()

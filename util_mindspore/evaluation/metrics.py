@@ -4,6 +4,7 @@ import csv
 import io
 import os
 import warnings
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,7 +15,7 @@ METRIC_COLUMNS = ["val_loss", "accuracy", "f1", "roc_auc", "hamming", "jaccard",
                   "average_precision", "kappa"]
 
 
-def compute_metrics(labels, probs, loss):
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -> Dict[str, float]:
     """Upstream's metrics, each scikit-learn call made as upstream's engine_finetune.evaluate makes it (one-hot
     labels and predictions where upstream uses them), so every CSV column equals upstream's on the same data.
 
@@ -63,26 +64,26 @@ def compute_metrics(labels, probs, loss):
     return metrics
 
 
-def _roc_auc(roc_auc_score, true_onehot, probs):
+def _roc_auc(roc_auc_score: Callable[..., float], true_onehot: np.ndarray, probs: np.ndarray) -> float:
     try:
         return roc_auc_score(true_onehot, probs, multi_class="ovr", average="macro")
     except ValueError:  # scikit-learn < 1.6 raises where a class is absent; later versions return nan
         return float("nan")
 
 
-def _csv_text(rows):
+def _csv_text(rows: Iterable[Iterable[object]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()
 
 
-def append_metrics_csv(path, metrics):
+def append_metrics_csv(path: str, metrics: Mapping[str, float]) -> None:
     """Upstream appends a row in place; a crash mid-append would leave half a row, so the file is rewritten
     whole (it holds one row per epoch) through a temporary file."""
     append_whole(path, _csv_text([[metrics[k] for k in METRIC_COLUMNS]]), initial=_csv_text([METRIC_COLUMNS]))
 
 
-def keep_first_rows(path, rows, header=True):
+def keep_first_rows(path: str, rows: int, header: bool = True) -> None:
     """Cut a CSV (or, header=False, a text file of lines) back to its first `rows` data rows: what a resumed run
     does to the rows written after the checkpoint it resumes from, so none is written twice."""
     if not os.path.exists(path):
@@ -95,14 +96,15 @@ def keep_first_rows(path, rows, header=True):
             fh.writelines(lines[:keep])
 
 
-def count_rows(path, header=True):
+def count_rows(path: str, header: bool = True) -> int:
     if not os.path.exists(path):
         return 0
     with open(path, encoding="utf8") as fh:
         return max(sum(1 for _ in fh) - (1 if header else 0), 0)
 
 
-def write_predictions_csv(path, paths, labels, probs, class_names):
+def write_predictions_csv(path: str, paths: Sequence[str], labels: np.ndarray, probs: np.ndarray,
+                          class_names: Sequence[str]) -> None:
     """path,label,prediction,prob_<class>...: one row per image, labels and predictions by class name (names as
     file_names.printable writes them)."""
     names = [spreadsheet_safe(printable(c)) for c in class_names]
@@ -115,7 +117,7 @@ def write_predictions_csv(path, paths, labels, probs, class_names):
                             [repr(float(v)) for v in row])
 
 
-def read_predictions_csv(path):
+def read_predictions_csv(path: str) -> Tuple[List[str], np.ndarray, np.ndarray, List[str]]:
     """(paths, label indices, probabilities, class names) back from write_predictions_csv's file."""
     with open(path, newline="", encoding="utf8") as fh:
         rows = list(csv.reader(fh))
@@ -134,7 +136,7 @@ CI_COLUMNS = ["metric", "value", "ci_low", "ci_high", "confidence", "resamples",
 BOOTSTRAP_METRICS = METRIC_COLUMNS[1:] + ["score"]
 
 
-def _binary_auc(positive, score):
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
     """ROC-AUC of one column: the Mann-Whitney statistic, ties counted one half (sklearn's trapezoids)."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
@@ -149,7 +151,7 @@ def _binary_auc(positive, score):
     return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
-def _binary_average_precision(positive, score):
+def _binary_average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     """average_precision_score of one column: sum over distinct thresholds of (recall step) x precision; 0 when
     the column has no positives, as scikit-learn returns."""
     n_pos = int(positive.sum())
@@ -164,9 +166,10 @@ def _binary_average_precision(positive, score):
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def fast_metrics(labels, probs):
+def fast_metrics(labels: np.ndarray, probs: np.ndarray) -> Dict[str, float]:
     """compute_metrics' columns (but val_loss) from the confusion matrix and per-class rankings: the same values
-    as the scikit-learn calls (tests/test_metrics.py checks them to 1e-12), fast enough for 1,000 resamples."""
+    as the scikit-learn calls (tests/evaluation/test_metrics.py checks them to 1e-12), fast enough for 1,000
+    resamples."""
     labels = np.asarray(labels, np.int64)
     n, c = probs.shape
     preds = probs.argmax(axis=1)
@@ -174,7 +177,7 @@ def fast_metrics(labels, probs):
     tp = np.diag(cm)
     fp, fn = cm.sum(axis=0) - tp, cm.sum(axis=1) - tp
 
-    def ratio(num, den):
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
     rows, cols = cm.sum(axis=1), cm.sum(axis=0)
@@ -199,7 +202,8 @@ def fast_metrics(labels, probs):
     return out
 
 
-def bootstrap_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, confidence=0.95):
+def bootstrap_intervals(labels: np.ndarray, probs: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                        confidence: float = 0.95) -> Dict[str, Tuple[float, float, int]]:
     """{metric: (low, high, resamples where it is defined)}: percentile intervals of each metric over `resamples`
     draws of the test images with replacement (numpy's default_rng(seed): the same intervals every run)."""
     labels, probs = np.asarray(labels, np.int64), np.asarray(probs, np.float64)
@@ -219,7 +223,8 @@ def bootstrap_intervals(labels, probs, resamples=BOOTSTRAP_RESAMPLES, seed=0, co
     return intervals
 
 
-def write_intervals_csv(path, results, intervals, confidence=0.95, resamples=None):
+def write_intervals_csv(path: str, results: Mapping[str, float], intervals: Mapping[str, Tuple[float, float, int]],
+                        confidence: float = 0.95, resamples: Optional[int] = None) -> None:
     """metrics_test_ci.csv: each metric's value (as in metrics_test.csv), its bootstrap interval, and in how many
     resamples it was defined (ROC-AUC is not where a class is drawn no image)."""
     rows = [CI_COLUMNS]
@@ -230,7 +235,7 @@ def write_intervals_csv(path, results, intervals, confidence=0.95, resamples=Non
         csv.writer(fh).writerows(rows)
 
 
-def read_intervals_csv(path):
+def read_intervals_csv(path: str) -> Dict[str, Tuple[float, float, float]]:
     """{metric: (value, low, high)} from write_intervals_csv's file."""
     with open(path, newline="", encoding="utf8") as fh:
         rows = list(csv.DictReader(fh))

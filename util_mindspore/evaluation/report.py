@@ -13,7 +13,7 @@ import html
 import io
 import os
 import urllib.parse
-from typing import List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -47,11 +47,11 @@ class ReportRow:
     heatmap: Optional[str]  # path of its heat-map PNG
 
 
-def _text(value):
+def _text(value: object) -> str:
     return html.escape(printable(str(value)))
 
 
-def _thumbnail(path):
+def _thumbnail(path: str) -> Optional[str]:
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -101,13 +101,13 @@ refresh();
 """
 
 
-def _table(header, rows):
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     head = "".join(f"<th>{_text(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def per_class_rates(matrix):
+def per_class_rates(matrix: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(sensitivity, specificity) of each class, one vs rest, from a confusion matrix (rows: true class); nan
     where a class has no positive (or no negative) image."""
     matrix = np.asarray(matrix, np.float64)
@@ -119,7 +119,7 @@ def per_class_rates(matrix):
         return tp / positives, tn / negatives
 
 
-def _labelled_sections(rows, class_names, resamples, seed):
+def _labelled_sections(rows: Sequence[ReportRow], class_names: List[str], resamples: int, seed: int) -> str:
     from sklearn.metrics import confusion_matrix
 
     known = [r for r in rows if r.probs is not None and r.label is not None]
@@ -132,14 +132,14 @@ def _labelled_sections(rows, class_names, resamples, seed):
     metrics = compute_metrics(labels, probs, float("nan"))
     intervals = bootstrap_intervals(labels, probs, resamples, seed) if resamples else {}
 
-    def interval(name):
+    def interval(name: str) -> str:
         low, high, _ = intervals.get(name, (np.nan, np.nan, 0))
         return f"{low:.4f} - {high:.4f}" if np.isfinite(low) else "-"
     shown = [(_text(k), f"{v:.4f}", interval(k)) for k, v in metrics.items() if k not in ("val_loss",
                                                                                             "roc_auc_present")]
     sensitivity, specificity = per_class_rates(matrix)
 
-    def rate(value):
+    def rate(value: float) -> str:
         return f"{value:.3f}" if np.isfinite(value) else "-"
     rates = [[f"<b>{_text(c)}</b>", str(int(matrix[i].sum())), rate(sensitivity[i]), rate(specificity[i])]
              for i, c in enumerate(class_names)]
@@ -156,7 +156,7 @@ def _labelled_sections(rows, class_names, resamples, seed):
 
 def write_report(path: str, rows: List[ReportRow], class_names: List[str], description: str,
                  max_images: int = 500, notes: Optional[List[str]] = None, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = 0, extra_sections: str = ""):
+                 seed: int = 0, extra_sections: str = "") -> None:
     """The page for `rows` (every image of the run); the gallery holds the `max_images` most confident. `notes`:
     lines of the run's summary shown under it (unreadable images, --group_by images matching no group, ...)."""
     readable = [r for r in rows if r.probs is not None]

@@ -2,9 +2,10 @@
 import contextlib
 import os
 import shutil
+from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
 
 
-def fsync_dir(path):
+def fsync_dir(path: str) -> None:
     fd = os.open(path or ".", os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -12,17 +13,17 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def fsync_file(path):
+def fsync_file(path: str) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
 
-def temporary_name(path):
+def temporary_name(path: str) -> str:
     """A name beside `path` that no other process writing the same path uses."""
     return f"{path}.{os.getpid()}.partial"
 
 
-def publish(tmp, path):
+def publish(tmp: str, path: str) -> None:
     """Make the finished temporary file `tmp` the file `path`, durably."""
     fsync_file(tmp)
     os.replace(tmp, path)
@@ -30,7 +31,7 @@ def publish(tmp, path):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="w", **open_kwargs):
+def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """open() for writing `path`; on an error (or Ctrl-C) the temporary file is removed and `path` is untouched."""
     tmp = temporary_name(path)
     try:
@@ -42,7 +43,7 @@ def atomic_write(path, mode="w", **open_kwargs):
             os.remove(tmp)
 
 
-def append_whole(path, text, initial=""):
+def append_whole(path: str, text: str, initial: str = "") -> None:
     """Append `text` to a small file by rewriting it whole through atomic_write (an in-place append cut by a crash
     leaves half a line); `initial` is the content of a file that does not exist yet (a header)."""
     existing = initial
@@ -53,7 +54,7 @@ def append_whole(path, text, initial=""):
         fh.write(existing + text)
 
 
-def writable_dir(path):
+def writable_dir(path: str) -> bool:
     """Whether files can be created in the folder `path` (it exists, is writable, on a filesystem mounted rw)."""
     try:
         return os.path.isdir(path) and os.access(path, os.W_OK) and not os.statvfs(path).f_flag & os.ST_RDONLY
@@ -61,13 +62,13 @@ def writable_dir(path):
         return False
 
 
-def is_temporary(name):
+def is_temporary(name: str) -> bool:
     """Whether a file name is one of our temporaries (atomic_write's `*.partial`, a .ckpt's `*.partial.ckpt`, an
     export's `.<name>.<format>.<pid>.partial` staging folder)."""
     return name.endswith((".partial", ".partial.ckpt"))
 
 
-def remove_stale_temporaries(folder, log=None):
+def remove_stale_temporaries(folder: str, log: Optional[Callable[[str], None]] = None) -> List[str]:
     """Temporaries a crashed or killed run left in `folder` (the caller holds the folder's run lock, so no live run
     writes them): never read, removed. Returns their names."""
     if not os.path.isdir(folder):
@@ -85,7 +86,7 @@ def remove_stale_temporaries(folder, log=None):
     return removed
 
 
-def missing_folders(folder):
+def missing_folders(folder: str) -> List[str]:
     """`folder` and its ancestors that do not exist yet, deepest first: what a run may create and should remove
     again (remove_empty_folders) when it fails on its input."""
     missing, path = [], os.path.abspath(folder)
@@ -98,7 +99,7 @@ def missing_folders(folder):
     return missing
 
 
-def remove_empty_folders(folders):
+def remove_empty_folders(folders: Union[str, Iterable[str]]) -> None:
     """Remove each of `folders` (and the folders inside it) that holds no file, deepest first: what a run that
     failed on its input or was stopped at start-up leaves (its output folders, MindSpore's empty one inside)."""
     for folder in ([folders] if isinstance(folders, str) else folders):

@@ -48,7 +48,7 @@ def read_export_description(json_path: str) -> dict:
 class ExportedModel:
     """An export's description: its files, classes, output and the preprocessing of its input."""
 
-    def __init__(self, json_path: str):
+    def __init__(self, json_path: str) -> None:
         self.sidecar = read_export_description(json_path)
         prep = self.sidecar["preprocessing"]
         if prep["interpolation"] not in _RESAMPLING:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-from typing import Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import mindspore as ms
 import numpy as np
@@ -22,7 +22,19 @@ from util_mindspore.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_res
 from util_mindspore.errors import UserError, first_line
 from util_mindspore.files.atomic import fsync_dir, fsync_file
 from util_mindspore.inference.runtimes import onnx_session, openvino_model
-from util_mindspore.models.compute_policy import AMP_DTYPES, apply_policy, policy_for, reduced_precision_tolerance
+from util_mindspore.models.compute_policy import (
+    AMP_DTYPES,
+    ComputePolicy,
+    apply_policy,
+    policy_for,
+    reduced_precision_tolerance,
+)
+
+if TYPE_CHECKING:
+    import onnx
+
+    from util_mindspore.models.blocks import EncoderInterface
+    from util_mindspore.models.factory import TrainedModel
 
 SIDECAR_VERSION = 2  # 2: an encoder's output says which embedding it is; OpenVINO files
 FORMATS = ("mindir", "onnx", "openvino")
@@ -39,11 +51,11 @@ class ExportError(UserError):
 class EmbeddingNet(ms.nn.Cell):
     """The model's embedding (`forward_embedding`: what upstream's latent_feature.ipynb extracts) as the output."""
 
-    def __init__(self, model):
+    def __init__(self, model: "EncoderInterface") -> None:
         super().__init__()
         self.model = model
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.model.forward_embedding(x)
 
 
@@ -55,7 +67,7 @@ class Verification:
     output_dtype: str
     files: list  # what was written into out_dir, the file to load first
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
 
 
@@ -67,13 +79,13 @@ def tolerance(fmt: str, amp_level: str, amp_dtype: str, reference: dict) -> floa
                                                       for r in reference.values()))
 
 
-def sample_inputs(batch_sizes, input_size, seed=0):
+def sample_inputs(batch_sizes: Sequence[int], input_size: int, seed: int = 0) -> Dict[int, np.ndarray]:
     """Normalised-image-like inputs: N(0, 1) per pixel, one array per batch size."""
     rng = np.random.default_rng(seed)
     return {b: rng.standard_normal((b, 3, input_size, input_size)).astype(np.float32) for b in batch_sizes}
 
 
-def reference_outputs(net, inputs):
+def reference_outputs(net: ms.nn.Cell, inputs: Mapping[int, np.ndarray]) -> Dict[int, np.ndarray]:
     """What the MindSpore model gives (in PYNATIVE mode: no graph compiled here outlives a policy change)."""
     mode = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -83,7 +95,7 @@ def reference_outputs(net, inputs):
         ms.set_context(mode=mode)
 
 
-def export_policy(fmt, amp_level, amp_dtype):
+def export_policy(fmt: str, amp_level: str, amp_dtype: str) -> ComputePolicy:
     """GPU/Ascend's plain forms (exported graphs run on any device); ONNX's own forms for ONNX."""
     return dataclasses.replace(policy_for(amp_level, amp_dtype, "GPU"), onnx_forms=fmt in ("onnx", "openvino"))
 
@@ -99,19 +111,19 @@ def _exporter(what: str) -> Iterator[None]:
         raise ExportError(f"{what}: {first_line(exc)}") from exc
 
 
-def _trace_input(batch, input_size):
+def _trace_input(batch: Optional[int], input_size: int) -> ms.Tensor:
     if batch is None:
         return ms.Tensor(shape=[None, 3, input_size, input_size], dtype=ms.float32)
     return ms.Tensor(np.zeros((batch, 3, input_size, input_size), np.float32))
 
 
-def _umask():
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def write_mindir(net, stem, batch, input_size):
+def write_mindir(net: ms.nn.Cell, stem: str, batch: Optional[int], input_size: int) -> str:
     """ms.export to `<stem>.mindir` (or, past 1 GB of parameters, `<stem>_graph.mindir` + `<stem>_variables/`);
     batch None leaves the batch dimension free. Returns the file to load."""
     with _exporter("MindSpore's MindIR exporter failed"):
@@ -119,7 +131,7 @@ def write_mindir(net, stem, batch, input_size):
     return stem + ".mindir" if os.path.exists(stem + ".mindir") else stem + "_graph.mindir"
 
 
-def _restore_erf(graph, gelu_count):
+def _restore_erf(graph: "onnx.GraphProto", gelu_count: int) -> None:
     """The GELUs' ONNX form wrote Tanh where erf stands (the exporter has no Erf): make those nodes Erf."""
     tanh_nodes = [node for node in graph.node if node.op_type == "Tanh"]
     if len(tanh_nodes) != gelu_count:
@@ -128,7 +140,7 @@ def _restore_erf(graph, gelu_count):
         node.op_type = "Erf"
 
 
-def free_onnx_batch(model_proto, gelu_count):
+def free_onnx_batch(model_proto: "onnx.ModelProto", gelu_count: int) -> "onnx.ModelProto":
     """Leave the batch dimension free in a graph traced at a fixed batch, and restore Erf (see module docstring)."""
     import onnx
     from onnx import numpy_helper, shape_inference
@@ -154,7 +166,7 @@ def free_onnx_batch(model_proto, gelu_count):
     return model_proto
 
 
-def _drop_unused(graph):
+def _drop_unused(graph: "onnx.GraphProto") -> None:
     """Remove the traced shape constants nothing reads any more."""
     used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
     for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
@@ -163,7 +175,7 @@ def _drop_unused(graph):
         graph.initializer.remove(init)
 
 
-def _rename_value(graph, old, new):
+def _rename_value(graph: "onnx.GraphProto", old: str, new: str) -> None:
     """Give a graph input or output a name a deployer can guess (the exporter's are internal ids)."""
     for value in list(graph.input) + list(graph.output):
         if value.name == old:
@@ -176,15 +188,16 @@ def _rename_value(graph, old, new):
 class _FreshTrace(ms.nn.Cell):
     """`net` under a cell of its own, its parameters' names unchanged."""
 
-    def __init__(self, net):
+    def __init__(self, net: ms.nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.net = net
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         return self.net(x)
 
 
-def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
+def write_onnx(net: ms.nn.Cell, stem: str, batch: Optional[int], input_size: int, gelu_count: int,
+               output_name: str) -> str:
     """ms.export to ONNX traced at `batch` (TRACE_BATCH and freed when None), written to `<stem>.onnx`."""
     import onnx
 
@@ -210,7 +223,8 @@ def write_onnx(net, stem, batch, input_size, gelu_count, output_name):
     return stem + ".onnx"
 
 
-def write_openvino(net, stem, batch, input_size, gelu_count, output_name):
+def write_openvino(net: ms.nn.Cell, stem: str, batch: Optional[int], input_size: int, gelu_count: int,
+                   output_name: str) -> str:
     """OpenVINO IR `<stem>.xml` + `<stem>.bin`, converted from the verified ONNX form (write_onnx)."""
     import openvino as ov
 
@@ -224,7 +238,7 @@ def write_openvino(net, stem, batch, input_size, gelu_count, output_name):
     return stem + ".xml"
 
 
-def run_exported(fmt, path, inputs):
+def run_exported(fmt: str, path: str, inputs: Mapping[int, np.ndarray]) -> Dict[int, np.ndarray]:
     """Outputs of the exported file, reloaded as a deployer would, for each batch of `inputs`."""
     if fmt == "mindir":
         graph = ms.nn.GraphCell(ms.load(path))
@@ -237,7 +251,7 @@ def run_exported(fmt, path, inputs):
     return {b: session.run(None, {name: x})[0].astype(np.float32) for b, x in inputs.items()}
 
 
-def check_format_available(fmt):
+def check_format_available(fmt: str) -> None:
     """The packages a format needs (ONNX: onnx and onnxruntime; OpenVINO: those and openvino), or one line."""
     try:
         if fmt in ("onnx", "openvino"):
@@ -251,7 +265,7 @@ def check_format_available(fmt):
                           f"({first_line(exc)})") from exc
 
 
-def _publish(staging, out_dir):
+def _publish(staging: str, out_dir: str) -> List[str]:
     """Move what the staging folder holds into out_dir (files after fsync; a MindIR's _variables folder whole);
     returns the names moved."""
     names = sorted(os.listdir(staging), key=lambda n: (os.path.isdir(os.path.join(staging, n)), n))
@@ -273,7 +287,8 @@ def _publish(staging, out_dir):
     return names
 
 
-def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_level="O0", amp_dtype="float16"):
+def export_verified(net: ms.nn.Cell, model: ms.nn.Cell, fmt: str, out_dir: str, name: str, input_size: int,
+                    batch: Optional[int] = None, amp_level: str = "O0", amp_dtype: str = "float16") -> Verification:
     """Export `net` (model or EmbeddingNet(model)) as `<out_dir>/<name>.<fmt>` and return its Verification.
 
     Written into a staging folder inside out_dir, reloaded and compared there, and only then moved into place.
@@ -317,7 +332,9 @@ def export_verified(net, model, fmt, out_dir, name, input_size, batch=None, amp_
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def describe(trained, source, files, checks, batch, output_dim, embeddings, amp_level="O0", amp_dtype="float16"):
+def describe(trained: "TrainedModel", source: str, files: Mapping[str, str], checks: Mapping[str, Verification],
+             batch: Optional[int], output_dim: int, embeddings: bool, amp_level: str = "O0",
+             amp_dtype: str = "float16") -> Dict[str, object]:
     """The .json written beside exported files: what a deployer needs to feed them (input, preprocessing, classes;
     util_mindspore/inference/deployment.py reads it) and how each file was verified."""
     reduced = amp_level != "O0"

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -18,11 +18,14 @@ from util_mindspore.evaluation.probabilities import softmax
 from util_mindspore.files.atomic import atomic_write
 from util_mindspore.files.caches import code_digest, default_cache_dir
 
+if TYPE_CHECKING:
+    import mindspore as ms
+
 logger = logging.getLogger("retfound")
 EXPORT_PROBABILITY_TOLERANCE = 1e-4  # max |probability difference| of the cached IR against the MindSpore model
 
 
-def _key(source, cache_dir, settings):
+def _key(source: str, cache_dir: str, settings: Mapping[str, object]) -> Tuple[str, Dict[str, object]]:
     """What the export depends on: the converted checkpoint (path, size, modification time), the settings, our
     code and OpenVINO's version."""
     import openvino as ov
@@ -34,7 +37,7 @@ def _key(source, cache_dir, settings):
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20], identity
 
 
-def openvino_export(source: str, settings: dict, load: Callable, cache_dir=None):
+def openvino_export(source: str, settings: dict, load: Callable, cache_dir: Optional[str] = None) -> Tuple[str, str]:
     """(xml path, json path) of the checkpoint's OpenVINO IR, exported and verified on first use.
 
     Args:
@@ -79,7 +82,7 @@ def openvino_export(source: str, settings: dict, load: Callable, cache_dir=None)
     return xml, sidecar
 
 
-def _probability_check(net, xml, input_size, embeddings):
+def _probability_check(net: "ms.nn.Cell", xml: str, input_size: int, embeddings: bool) -> float:
     """The IR's probabilities (its outputs, for an encoder) against the MindSpore model's on sample batches."""
     from util_mindspore.inference import export
     inputs = export.sample_inputs((2,), input_size, seed=7)

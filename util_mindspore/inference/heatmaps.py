@@ -7,23 +7,30 @@ discarded (the paper's plain rollout). Grad-CAM: the tokens the last block reads
 last block's output), weighted by the mean gradient of the target class's logit over the patches, summed over
 channels, negatives set to 0. Both run eagerly (PyNative) on the model as it is, at its precision.
 """
+from typing import TYPE_CHECKING, Optional, Tuple
+
 import mindspore as ms
 import numpy as np
 
 from util_mindspore.files.atomic import atomic_write
 from util_mindspore.models.compute_policy import cast
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from util_mindspore.models.blocks import EncoderInterface
+
 
 class _PyNative:
-    def __enter__(self):
+    def __enter__(self) -> None:
         self.mode = ms.get_context("mode")
         ms.set_context(mode=ms.PYNATIVE_MODE)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         ms.set_context(mode=self.mode)
 
 
-def attention_rollout(model, images):
+def attention_rollout(model: "EncoderInterface", images: np.ndarray) -> np.ndarray:
     """(B, T, T) float64 rollout matrices over all T tokens (prefix tokens first) for preprocessed images."""
     with _PyNative():
         tokens = model.embed_tokens(ms.Tensor(images))
@@ -38,7 +45,8 @@ def attention_rollout(model, images):
     return rollout
 
 
-def grad_cam(model, images, targets=None):
+def grad_cam(model: "EncoderInterface", images: np.ndarray,
+             targets: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(maps (B, N) float64, target classes): Grad-CAM of each image's target class (default: its prediction)."""
     with _PyNative():
         x = model.embed_tokens(ms.Tensor(images))
@@ -48,7 +56,7 @@ def grad_cam(model, images, targets=None):
         last = model.blocks[-1]
         normed = last.norm1(cast(x, last.residual_dtype))
 
-        def logits_from(a):
+        def logits_from(a: ms.Tensor) -> ms.Tensor:
             return model.forward_head(model.pool_features(last.forward_from_normed(x, a, *extra))).astype(ms.float32)
 
         logits = logits_from(normed).asnumpy()
@@ -63,7 +71,7 @@ def grad_cam(model, images, targets=None):
     return np.maximum((activations * weights).sum(axis=-1), 0.0), targets
 
 
-def to_grid(values):
+def to_grid(values: np.ndarray) -> np.ndarray:
     """(B, N) patch values -> (B, g, g), scaled to [0, 1] per image (all-zero maps stay 0)."""
     grid = int(round(values.shape[1] ** 0.5))
     maps = values.reshape(values.shape[0], grid, grid)
@@ -71,7 +79,7 @@ def to_grid(values):
     return np.where(peak > 0, maps / np.where(peak > 0, peak, 1.0), 0.0)
 
 
-def _overlay(picture, heat):
+def _overlay(picture: "Image.Image", heat: np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
     from PIL import Image
 
@@ -81,7 +89,8 @@ def _overlay(picture, heat):
     return (0.55 * np.asarray(picture, np.float64) / 255.0 + 0.45 * colours).clip(0, 1)
 
 
-def save_heatmap_figure(path, picture, rollout_map, cam_map, title):
+def save_heatmap_figure(path: str, picture: "Image.Image", rollout_map: np.ndarray, cam_map: np.ndarray,
+                        title: str) -> None:
     """One PNG: the picture the model saw, attention rollout over it, Grad-CAM over it, with a colour bar (0: none,
     1: the image's maximum) under the two maps."""
     from matplotlib import colormaps

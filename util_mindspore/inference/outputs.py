@@ -13,14 +13,18 @@ import csv
 import json
 import os
 import re
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from util_mindspore.files.atomic import publish, temporary_name
 from util_mindspore.files.names import printable, spreadsheet_safe
 
+if TYPE_CHECKING:
+    from util_mindspore.data.image_sources import ImageItem
 
-def text_cell(value):
+
+def text_cell(value: str) -> str:
     """A name or label as a CSV cell: printable, and shown as text by spreadsheets."""
     return spreadsheet_safe(printable(value))
 
@@ -28,14 +32,14 @@ def text_cell(value):
 class _RowFile:
     """A file written row by row under a temporary name; `close(keep)` publishes it or throws it away."""
 
-    def __init__(self, path, header=None, binary=False):
+    def __init__(self, path: str, header: Optional[Sequence[str]] = None, binary: bool = False) -> None:
         self.path, self.tmp = path, temporary_name(path)
         self.fh = open(self.tmp, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"}))
         self.writer = None if binary else csv.writer(self.fh)
         if header is not None:
             self.writer.writerow(header)
 
-    def close(self, keep):
+    def close(self, keep: bool) -> None:
         if not self.fh.closed:
             self.fh.close()
         if keep:
@@ -44,22 +48,26 @@ class _RowFile:
             os.remove(self.tmp)
 
 
+_F = TypeVar("_F", bound=_RowFile)
+
+
 class _EmbeddingFile(_RowFile):
     """embeddings.npy written sequentially: the .npy header for (count, dim) float32, then each row's bytes."""
 
-    def __init__(self, path, count, dim):
+    def __init__(self, path: str, count: int, dim: int) -> None:
         super().__init__(path, binary=True)
         self.dim = dim
         np.lib.format.write_array_header_1_0(self.fh, {"descr": "<f4", "fortran_order": False,
                                                        "shape": (count, dim)})
 
-    def write(self, row):
+    def write(self, row: np.ndarray) -> None:
         self.fh.write(np.asarray(row, dtype="<f4").reshape(self.dim).tobytes())
 
 
 class PredictionWriter:
-    def __init__(self, out_dir, count, class_names=None, labelled=False, embedding_dim=None, group_by=None,
-                 embedding_meta=None):
+    def __init__(self, out_dir: str, count: int, class_names: Optional[Sequence[str]] = None, labelled: bool = False,
+                 embedding_dim: Optional[int] = None, group_by: Optional[str] = None,
+                 embedding_meta: Optional[Mapping[str, object]] = None) -> None:
         self.class_names, self.labelled = class_names, labelled
         self.files, self.count = [], count
         self.summary = {"images": 0, "unreadable": [], "per_class": {}, "correct": 0, "labelled": 0,
@@ -84,11 +92,12 @@ class PredictionWriter:
         self.groups = {}  # group -> [sum of probabilities, images, labels seen]
         self.group_path = os.path.join(out_dir, "predictions_by_group.csv")
 
-    def _add(self, row_file):
+    def _add(self, row_file: _F) -> _F:
         self.files.append(row_file)
         return row_file
 
-    def add(self, item, probs=None, embedding=None, error=None):
+    def add(self, item: "ImageItem", probs: Optional[np.ndarray] = None, embedding: Optional[np.ndarray] = None,
+            error: Optional[str] = None) -> None:
         """One image, in input order: its probabilities and / or embedding, or why it could not be read."""
         self.summary["images"] += 1
         name = text_cell(item.name)
@@ -124,7 +133,7 @@ class PredictionWriter:
             group[1] += 1
             group[2].add(item.label)
 
-    def _write_groups(self):
+    def _write_groups(self) -> None:
         if self.group_pattern is None or not self.class_names:
             return
         labelled = self.labelled
@@ -145,7 +154,7 @@ class PredictionWriter:
             raise
         out.close(keep=True)
 
-    def close(self, keep=True):
+    def close(self, keep: bool = True) -> None:
         """Publish every file (keep=True, after the last image) or remove every temporary file."""
         try:
             if keep and self.embeddings is not None:

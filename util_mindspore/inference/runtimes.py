@@ -55,7 +55,8 @@ class _ExportedRuntime:
 
     engine = "exported"
 
-    def __init__(self, path, sidecar_path, want_embedding, input_size, batch_size):
+    def __init__(self, path: str, sidecar_path: str, want_embedding: bool, input_size: Optional[int],
+                 batch_size: Optional[int]) -> None:
         sidecar = read_export_description(sidecar_path)
         kind, class_names = sidecar["output"]["kind"], sidecar["output"]["class_names"]
         self.input_size = sidecar["input"]["shape"][-1]
@@ -75,10 +76,10 @@ class _ExportedRuntime:
         self.fixed_batch = fixed if isinstance(fixed, int) else None
         self.description = f"{path} ({self.engine}, {sidecar.get('model', 'model')})"
 
-    def _pad(self, images):
+    def _pad(self, images: np.ndarray) -> Tuple[np.ndarray, int]:
         return pad_batch(images, self.fixed_batch)
 
-    def _outputs(self, out):
+    def _outputs(self, out: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         out = np.asarray(out, np.float32)
         return (None, out) if self.embedding_dim else (out, None)
 
@@ -88,7 +89,8 @@ class OnnxRuntime(_ExportedRuntime):
 
     engine = "onnxruntime"
 
-    def __init__(self, path, want_embedding, input_size=None, batch_size=None):
+    def __init__(self, path: str, want_embedding: bool, input_size: Optional[int] = None,
+                 batch_size: Optional[int] = None) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -97,12 +99,12 @@ class OnnxRuntime(_ExportedRuntime):
         self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, images):
+    def __call__(self, images: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         images, n = self._pad(images)
         return self._outputs(self.session.run(None, {self.input_name: images})[0][:n])
 
 
-def openvino_bfloat16_available():
+def openvino_bfloat16_available() -> bool:
     """Whether OpenVINO's CPU plugin can compute in bfloat16 here (AVX-512 BF16 or AMX)."""
     import openvino as ov
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -118,8 +120,9 @@ class OpenVinoRuntime(_ExportedRuntime):
 
     engine = "OpenVINO"
 
-    def __init__(self, path, want_embedding, input_size=None, batch_size=None, precision="float32", sample=64,
-                 sidecar_path=None):
+    def __init__(self, path: str, want_embedding: bool, input_size: Optional[int] = None,
+                 batch_size: Optional[int] = None, precision: str = "float32", sample: int = 64,
+                 sidecar_path: Optional[str] = None) -> None:
         try:
             import openvino  # noqa: F401
         except ImportError:
@@ -134,14 +137,14 @@ class OpenVinoRuntime(_ExportedRuntime):
         self.description = f"{path} (OpenVINO on CPU, {precision}, {self.sidecar.get('model', 'model')})"
         self.compared, self.agreeing, self.max_probability_diff, self.max_output_diff = 0, 0, 0.0, 0.0
 
-    def _compile(self, precision):
+    def _compile(self, precision: str) -> object:
         try:
             return openvino_model(self.path, precision)
         except RuntimeError as exc:
             raise WeightError(f"{self.path}: OpenVINO cannot load it ({first_line(exc)})") from exc
 
     @property
-    def wants_sample(self):
+    def wants_sample(self) -> bool:
         """Whether `measure_precision` should be given the first images before the run (bfloat16, not yet done)."""
         return self.precision != "float32" and self.compiled is None and self.sample > 0
 
@@ -156,13 +159,13 @@ class OpenVinoRuntime(_ExportedRuntime):
         for (images, n), expected in zip(batches, full):
             self._compare(np.asarray(self.compiled(images)[0], np.float32)[:n], expected)
 
-    def __call__(self, images):
+    def __call__(self, images: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         if self.compiled is None:  # bfloat16 without a sample (precision_sample 0)
             self.compiled = self._compile(self.precision)
         images, n = self._pad(images)
         return self._outputs(np.asarray(self.compiled(images)[0], np.float32)[:n])
 
-    def _compare(self, reduced, full):
+    def _compare(self, reduced: np.ndarray, full: np.ndarray) -> None:
         take = min(len(full), self.sample - self.compared)
         reduced, full = reduced[:take], full[:take]
         self.max_output_diff = max(self.max_output_diff, float(np.abs(reduced - full).max(initial=0.0)))
@@ -172,7 +175,7 @@ class OpenVinoRuntime(_ExportedRuntime):
             self.max_probability_diff = max(self.max_probability_diff, float(diff))
         self.compared += take
 
-    def precision_check(self):
+    def precision_check(self) -> Optional[str]:
         """One line on what bfloat16 changed against float32 on the sample, or None in float32."""
         if self.precision == "float32":
             return None

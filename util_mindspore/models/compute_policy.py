@@ -22,6 +22,7 @@ Kernel forms: the `cpu` forms avoid kernels whose MindSpore 2.10 CPU versions ho
 forms are the plain forms written with ops MindSpore's ONNX exporter can write (util_mindspore/inference/export.py).
 """
 import dataclasses
+from typing import Any
 
 import mindspore as ms
 
@@ -52,11 +53,11 @@ class ComputePolicy:
     onnx_forms: bool = False  # plain forms for ONNX export; needs cpu_forms=False
 
     @property
-    def reduced(self):
+    def reduced(self) -> bool:
         return self.matmul != ms.float32
 
 
-def policy_for(amp_level="O0", amp_dtype="float16", device="CPU"):
+def policy_for(amp_level: str = "O0", amp_dtype: str = "float16", device: str = "CPU") -> ComputePolicy:
     """The policy of an --amp_level / --amp_dtype pair on a device ('CPU', 'GPU' or 'Ascend')."""
     if amp_level not in AMP_LEVELS:
         raise ArgumentError(f"--amp_level must be one of {', '.join(AMP_LEVELS)} (got {amp_level})")
@@ -68,7 +69,7 @@ def policy_for(amp_level="O0", amp_dtype="float16", device="CPU"):
     return ComputePolicy(*dtypes, cpu_forms=device == "CPU")
 
 
-def needs_loss_scaling(amp_level, amp_dtype):
+def needs_loss_scaling(amp_level: str, amp_dtype: str) -> bool:
     """float16 gradients need GradScaler's loss scaling; float32 (O0) and bfloat16 train unscaled, as torch does
     (upstream's GradScaler disables itself where CUDA autocast is off)."""
     return amp_level != "O0" and amp_dtype == "float16"
@@ -77,11 +78,11 @@ def needs_loss_scaling(amp_level, amp_dtype):
 class PolicyCell(ms.nn.Cell):
     """A cell that reads its dtypes and kernel form from a ComputePolicy (float32, CPU forms until told)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.set_policy(ComputePolicy())
 
-    def set_policy(self, policy):
+    def set_policy(self, policy: ComputePolicy) -> None:
         # plain attributes: graph mode folds them as constants (a Python object's fields would not be)
         self.matmul_dtype = policy.matmul
         self.matmul_out_dtype = policy.matmul_out
@@ -91,7 +92,7 @@ class PolicyCell(ms.nn.Cell):
         self.onnx_forms = policy.onnx_forms
 
 
-def apply_policy(model, policy):
+def apply_policy(model: ms.nn.Cell, policy: ComputePolicy) -> ms.nn.Cell:
     """Set `policy` on every PolicyCell of `model`; parameters and their names are untouched. Call it before the
     model's first call in graph mode: a compiled graph keeps the dtypes it was compiled with."""
     for _, cell in model.cells_and_names():
@@ -100,6 +101,6 @@ def apply_policy(model, policy):
     return model
 
 
-def cast(x, dtype):
+def cast(x: ms.Tensor, dtype: ms.Type) -> ms.Tensor:
     """x in dtype; no Cast op when it already is (x.dtype is a compile-time constant in graph mode)."""
     return x if x.dtype == dtype else x.astype(dtype)

@@ -14,9 +14,9 @@ then loads non-strictly, so the SwiGLU sizes (S+, L+, H+, 7B) silently keep a ra
 Like upstream's hub models, these have no stochastic depth (upstream does not pass --drop_path to them).
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
-from mindspore import Parameter, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
 from util_mindspore.models.blocks import Block, EncoderInterface, PatchEmbed, RopePositionEmbedding
 from util_mindspore.models.compute_policy import PolicyCell, cast
@@ -27,7 +27,7 @@ from util_mindspore.registry import ModelConfig
 class DinoVisionTransformer(EncoderInterface, PolicyCell):
     """Meta's DINOv3 ViT with upstream's classifier: logits = head(norm(x)[:, 0]) (its x_norm_clstoken)."""
 
-    def __init__(self, config: ModelConfig, img_size: Optional[int] = None, num_classes: int = 1000):
+    def __init__(self, config: ModelConfig, img_size: Optional[int] = None, num_classes: int = 1000) -> None:
         super().__init__()
         img_size = img_size or config.default_input_size  # the row's
         extra, embed_dim = config.extra, config.embed_dim
@@ -53,13 +53,13 @@ class DinoVisionTransformer(EncoderInterface, PolicyCell):
             self.local_cls_norm = LayerNorm(embed_dim, config.norm_eps)
         self.head = Linear(embed_dim, num_classes, init_std=config.head_init_std) if num_classes > 0 else nn.Identity()
 
-    def no_weight_decay(self):
+    def no_weight_decay(self) -> set:
         return set()  # Meta's model has no no_weight_decay(): upstream decays every parameter of 2+ dimensions
 
-    def block_args(self):
+    def block_args(self) -> Tuple[Tensor, Tensor]:
         return self.rope_embed()
 
-    def embed_tokens(self, x):
+    def embed_tokens(self, x: Tensor) -> Tensor:
         """Images -> class, storage and patch tokens before the blocks: (B, 5 + N, D)."""
         x = cast(self.patch_embed(x), self.residual_dtype)
         prefix = cast(ops.concat((self.cls_token, self.storage_tokens), axis=1), x.dtype)
@@ -69,16 +69,16 @@ class DinoVisionTransformer(EncoderInterface, PolicyCell):
             prefix = ops.broadcast_to(prefix, (x.shape[0], self.num_prefix_tokens, self.embed_dim))
         return ops.concat((prefix, x), axis=1)
 
-    def forward_tokens(self, x):
+    def forward_tokens(self, x: Tensor) -> Tensor:
         x = self.embed_tokens(x)
         for blk in self.blocks:
             sin, cos = self.rope_embed()  # per block, as Meta's model: in training each draws its own rescaling
             x = blk(x, sin, cos)
         return x
 
-    def pool_features(self, tokens):
+    def pool_features(self, tokens: Tensor) -> Tensor:
         return self.norm(tokens)[:, 0]
 
-    def pool_embedding(self, tokens):
+    def pool_embedding(self, tokens: Tensor) -> Tensor:
         """The class token after the final norm (Meta's x_norm_clstoken), what `head` reads."""
         return self.pool_features(tokens)

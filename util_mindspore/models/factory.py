@@ -68,7 +68,7 @@ class TrainedModel:
     """A model built from a checkpoint, with the settings the checkpoint gave it
     (util_mindspore/checkpoints/trained_model.py)."""
 
-    def __init__(self, model: nn.Cell, spec: TrainedSpec):
+    def __init__(self, model: nn.Cell, spec: TrainedSpec) -> None:
         self.model, self.spec = model, spec
 
     @property

@@ -7,6 +7,7 @@ not depend on the core count) on a small thread pool.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable
 
 import numpy as np
 from mindspore import Parameter, ParameterTuple
@@ -17,7 +18,7 @@ _MIN_CHUNKED = 1 << 20  # elements; smaller arrays are filled in one piece on th
 _pool = None
 
 
-def fill_in_chunks(fill, arr):
+def fill_in_chunks(fill: Callable[[np.ndarray, int], None], arr: np.ndarray) -> None:
     """Call fill(piece, i) on the flat pieces i = 0, 1, ... of arr in parallel: CHUNKS pieces, one if arr is small."""
     global _pool
     pieces = np.array_split(arr.reshape(-1), CHUNKS if arr.size >= _MIN_CHUNKED else 1)
@@ -33,21 +34,21 @@ class TruncNormal(Initializer):
     """timm's trunc_normal_(std, a, b) (absolute bounds), from numpy's global seed.
 
     Much faster than MindSpore's TruncatedNormal initializer for ViT-L's 300M weights; each chunk has a numpy
-    generator of its own. The seed is taken from
-    np.random when the initializer is made, so weights follow np.random.seed (util_mindspore.process.seeding.seed_everything)
-    and every rank of a data-parallel run builds the same ones, on any machine.
+    generator of its own. The seed is taken from np.random when the initializer is made, so weights follow
+    np.random.seed (util_mindspore.process.seeding.seed_everything) and every rank of a data-parallel run builds the
+    same ones, on any machine.
     """
 
-    def __init__(self, std=0.02, a=-2.0, b=2.0):
+    def __init__(self, std: float = 0.02, a: float = -2.0, b: float = 2.0) -> None:
         super().__init__()
         self.std, self.a, self.b = float(std), float(a), float(b)
         self.entropy = np.random.randint(0, 2 ** 31, size=4).tolist()
 
-    def _initialize(self, arr):
+    def _initialize(self, arr: np.ndarray) -> None:
         seeds = np.random.SeedSequence(self.entropy).spawn(CHUNKS)
         fill_in_chunks(lambda out, i: self._draw(out, seeds[i]), arr)
 
-    def _draw(self, out, seed):
+    def _draw(self, out: np.ndarray, seed: np.random.SeedSequence) -> None:
         rng = np.random.default_rng(seed)
         std = out.dtype.type(self.std)
         rng.standard_normal(out=out, dtype=out.dtype)  # releases the GIL
@@ -61,16 +62,16 @@ class XavierUniform(Initializer):
     """torch's xavier_uniform_ (gain 1) on the array seen as (shape[0], prod(shape[1:])): MAE's initialisation of its
     linear layers and patch projection. Seeded from np.random when made, as TruncNormal."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.entropy = np.random.randint(0, 2 ** 31, size=4).tolist()
 
-    def _initialize(self, arr):
+    def _initialize(self, arr: np.ndarray) -> None:
         fan_out, fan_in = arr.shape[0], int(np.prod(arr.shape[1:]))
         bound = float(np.sqrt(6.0 / (fan_in + fan_out)))
         seeds = np.random.SeedSequence(self.entropy).spawn(CHUNKS)
 
-        def draw(out, i):
+        def draw(out: np.ndarray, i: int) -> None:
             out[...] = np.random.default_rng(seeds[i]).uniform(-bound, bound, out.shape)
         fill_in_chunks(draw, arr)
 
@@ -84,15 +85,15 @@ class WrittenZeros(Initializer):
     ViT-L train step (docs/PERFORMANCE.md).
     """
 
-    def _initialize(self, arr):
+    def _initialize(self, arr: np.ndarray) -> None:
         fill_in_chunks(_write_zeros, arr)
 
 
-def _write_zeros(out, _):
+def _write_zeros(out: np.ndarray, _: int) -> None:
     out[...] = 0
 
 
-def written_zeros_like(params, prefix):
+def written_zeros_like(params: Iterable[Parameter], prefix: str) -> ParameterTuple:
     """One zero Parameter per parameter, named prefix.<name>, its zeros written (see WrittenZeros)."""
     return ParameterTuple(Parameter(initializer(WrittenZeros(), p.shape, p.dtype), name=f"{prefix}.{p.name}")
                           for p in params)

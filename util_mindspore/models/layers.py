@@ -6,7 +6,7 @@ because several MindSpore 2.10 CPU kernels keep index tables of their own for ev
 memory pool) or are slow; each says which. Both forms compute the same function and are tested against each
 other; docs/PERFORMANCE.md has the measurements that chose them.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -17,21 +17,21 @@ from util_mindspore.models.compute_policy import PolicyCell, cast
 from util_mindspore.models.initializers import TruncNormal, XavierUniform
 
 
-def trunc_normal(shape, std=0.02, a=-2.0, b=2.0):
+def trunc_normal(shape: Tuple[int, ...], std: float = 0.02, a: float = -2.0, b: float = 2.0) -> ms.Tensor:
     """timm's trunc_normal_ for a float32 Parameter, drawn into the Parameter's own array when it is made."""
     return initializer(TruncNormal(std, a, b), shape, ms.float32)
 
 
-def xavier_uniform(shape):
+def xavier_uniform(shape: Tuple[int, ...]) -> ms.Tensor:
     """torch's xavier_uniform_ for a float32 Parameter (MAE's linear layers and patch projection)."""
     return initializer(XavierUniform(), shape, ms.float32)
 
 
-def zeros(shape):
+def zeros(shape: Tuple[int, ...]) -> ms.Tensor:
     return initializer("zeros", shape, ms.float32)
 
 
-def trunc_normal_linear_(linear, std=2e-5):
+def trunc_normal_linear_(linear: "Linear", std: float = 2e-5) -> None:
     """Re-draw a Linear as upstream re-initialises the classifier after loading weights: trunc_normal, zero bias."""
     linear.weight.set_data(trunc_normal(linear.weight.shape, std))
     if linear.bias is not None:
@@ -42,15 +42,15 @@ class _BiasAddWithMatmulBackward(ms.nn.Cell):
     """BiasAdd whose bias gradient (the column sums of the incoming gradient) is one matmul with a ones row: the
     CPU BiasAddGrad kernel is slow at the MAE decoder's width of 512 (docs/PERFORMANCE.md)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.bias_add = ops.BiasAdd()
         self.matmul = ops.MatMul()
 
-    def construct(self, x, bias):
+    def construct(self, x: ms.Tensor, bias: ms.Tensor) -> ms.Tensor:
         return self.bias_add(x, bias)
 
-    def bprop(self, x, bias, out, dout):
+    def bprop(self, x: ms.Tensor, bias: ms.Tensor, out: ms.Tensor, dout: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor]:
         ones = ops.ones((1, dout.shape[0]), dout.dtype)
         return dout, self.matmul(ones, dout).reshape(bias.shape)
 
@@ -63,7 +63,7 @@ class Linear(PolicyCell):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_mask: Optional[np.ndarray] = None,
-                 init_std: float = 0.02):
+                 init_std: float = 0.02) -> None:
         super().__init__()
         self.weight = Parameter(trunc_normal((out_features, in_features), std=init_std), name="weight")
         self.bias = Parameter(zeros((out_features,)), name="bias") if bias else None
@@ -73,7 +73,7 @@ class Linear(PolicyCell):
         self.bias_add = ops.BiasAdd()
         self.cpu_bias_add = _BiasAddWithMatmulBackward()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         shape = x.shape
         dtype = self.matmul_dtype
         out = self.matmul(cast(x.reshape(-1, shape[-1]), dtype), cast(self.weight, dtype))
@@ -87,13 +87,13 @@ class Linear(PolicyCell):
 class LayerNorm(PolicyCell):
     """LayerNorm over the last axis (torch's parameter names), computed and returned in the accurate dtype."""
 
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = Parameter(initializer("ones", (dim,), ms.float32), name="weight")
         self.bias = Parameter(zeros((dim,)), name="bias")
         self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         dtype = self.accurate_dtype
         return self.layer_norm(cast(x, dtype), cast(self.weight, dtype), cast(self.bias, dtype))[0]
 
@@ -106,7 +106,7 @@ class GELU(PolicyCell):
     Erf; util_mindspore/inference/export.py turns exactly these Tanh nodes into ONNX Erf nodes. Only for export.
     """
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         y = cast(x, self.accurate_dtype)
         if self.onnx_forms:
             y = y * 0.5 * (1.0 + ops.tanh(y * 0.7071067811865476))
@@ -120,7 +120,7 @@ class GELU(PolicyCell):
 class SiLU(PolicyCell):
     """x * sigmoid(x) (torch's SiLU, in the input's dtype as autocast leaves it): the gate of SwiGLU MLPs."""
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         return x * ops.sigmoid(x)
 
 
@@ -129,14 +129,14 @@ class _SoftmaxWithMatmulBackward(ms.nn.Cell):
     than torch's, so gradients agree to rounding). CPU: the stock backward (ReduceSum, broadcast Sub) keeps
     per-call-site index tables."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.matmul = ops.BatchMatMul()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         return ops.softmax(x, axis=-1)
 
-    def bprop(self, x, out, dout):
+    def bprop(self, x: ms.Tensor, out: ms.Tensor, dout: ms.Tensor) -> Tuple[ms.Tensor]:
         n = out.shape[-1]
         row_dot = self.matmul(out.reshape(-1, 1, n), dout.reshape(-1, n, 1))  # (rows, 1, 1): sum_j p_j g_j
         return (out * dout - self.matmul(out.reshape(-1, n, 1), row_dot).reshape(out.shape),)
@@ -145,11 +145,11 @@ class _SoftmaxWithMatmulBackward(ms.nn.Cell):
 class Softmax(PolicyCell):
     """Softmax over the last axis in the accurate dtype (autocast runs softmax in float32)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.cpu_softmax = _SoftmaxWithMatmulBackward()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = cast(x, self.accurate_dtype)
         if self.cpu_forms:
             return self.cpu_softmax(x)
@@ -163,13 +163,13 @@ class DropPath(PolicyCell):
     element); broadcast elementwise kernels keep 16 bytes per element per call site, forward and backward.
     """
 
-    def __init__(self, drop_prob=0.0):
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         self.drop_prob = float(drop_prob)
         self.keep_prob = 1.0 - self.drop_prob
         self.matmul = ops.BatchMatMul()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
         b = x.shape[0]
@@ -190,12 +190,12 @@ class LayerScale(PolicyCell):
     broadcast (see DropPath).
     """
 
-    def __init__(self, dim, init_values=1e-5):
+    def __init__(self, dim: int, init_values: float = 1e-5) -> None:
         super().__init__()
         self.gamma = Parameter(initializer(float(init_values), (dim,), ms.float32), name="gamma")
         self.matmul = ops.MatMul()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         x = cast(x, self.residual_dtype)
         gamma = cast(self.gamma, x.dtype)
         if self.cpu_forms:
@@ -210,7 +210,7 @@ class PatchProjection(PolicyCell):
     CPU form: a matmul over flattened patches (the same sums in another order); the CPU Conv2d kernel is slow.
     """
 
-    def __init__(self, in_chans, embed_dim, patch_size):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.weight = Parameter(trunc_normal((embed_dim, in_chans, patch_size, patch_size)), name="weight")
@@ -220,7 +220,7 @@ class PatchProjection(PolicyCell):
         self.conv = ops.Conv2D(embed_dim, (patch_size, patch_size), stride=(patch_size, patch_size))
         self.bias_add = ops.BiasAdd()
 
-    def construct(self, x):
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
         """(B, C, H, W) -> (B, N, D), patches in row-major order."""
         dtype = self.matmul_dtype
         x, weight, bias = cast(x, dtype), cast(self.weight, dtype), cast(self.bias, dtype)
@@ -236,7 +236,7 @@ class PatchProjection(PolicyCell):
         return cast(x, self.matmul_out_dtype)
 
 
-def split_heads(x, num_heads, cpu_form):
+def split_heads(x: ms.Tensor, num_heads: int, cpu_form: bool) -> ms.Tensor:
     """(B, N, H * d) -> (B, H, N, d). CPU form: split and stack (copies only); the CPU Transpose kernel keeps
     an 8-byte index per element for every call site."""
     if cpu_form:
@@ -245,7 +245,7 @@ def split_heads(x, num_heads, cpu_form):
     return x.reshape(b, n, num_heads, c // num_heads).transpose(0, 2, 1, 3)
 
 
-def merge_heads(x, cpu_form):
+def merge_heads(x: ms.Tensor, cpu_form: bool) -> ms.Tensor:
     """(B, H, N, d) -> (B, N, H * d), the inverse of split_heads."""
     if cpu_form:
         return ops.concat(ops.unstack(x, axis=1), axis=-1)

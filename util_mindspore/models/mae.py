@@ -10,7 +10,7 @@ embeddings are fixed 2-D sin-cos tables (Parameters that never train, never deca
 uniform draw upstream's random_masking takes from torch.rand, so the same noise masks the same patches.
 """
 
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -23,12 +23,12 @@ from util_mindspore.models.pos_embed import sincos_pos_embed
 from util_mindspore.registry import ModelConfig
 
 
-def _fixed_pos_embed(dim, grid, name):
+def _fixed_pos_embed(dim: int, grid: int, name: str) -> Parameter:
     table = sincos_pos_embed(dim, grid, cls_token=True).astype(np.float32)[None]
     return Parameter(ms.Tensor(table), name=name, requires_grad=False)
 
 
-def _xavier_linears(cells):
+def _xavier_linears(cells: Iterable[Tuple[str, nn.Cell]]) -> None:
     """upstream's _init_weights: every Linear xavier_uniform with a zero bias (LayerNorms are 1 / 0 already)."""
     for _, cell in cells:
         if isinstance(cell, Linear):
@@ -40,7 +40,7 @@ def _xavier_linears(cells):
 class MaskedAutoencoderViT(PolicyCell):
     """Masked autoencoder with a ViT encoder (upstream's MaskedAutoencoderViT)."""
 
-    def __init__(self, config: ModelConfig, img_size: Optional[int] = None):
+    def __init__(self, config: ModelConfig, img_size: Optional[int] = None) -> None:
         super().__init__()
         img_size = img_size or config.default_input_size  # the row's
         extra, dim = config.extra, config.embed_dim
@@ -67,24 +67,25 @@ class MaskedAutoencoderViT(PolicyCell):
         _xavier_linears(self.cells_and_names())
         self.patch_embed.proj.weight.set_data(xavier_uniform(self.patch_embed.proj.weight.shape))  # as a linear
 
-    def no_weight_decay(self):
+    def no_weight_decay(self) -> set:
         return set()  # timm's add_weight_decay as upstream calls it: only 1-D parameters (norms, biases) are exempt
 
-    def patchify(self, imgs):
+    def patchify(self, imgs: ms.Tensor) -> ms.Tensor:
         """(N, 3, H, W) -> (N, L, p*p*3), each patch flattened as (row, column, channel), as upstream."""
         p = self.patch_size
         n, _, h, w = imgs.shape
         x = imgs.reshape(n, 3, h // p, p, w // p, p).transpose(0, 2, 4, 3, 5, 1)
         return x.reshape(n, (h // p) * (w // p), p * p * 3)
 
-    def unpatchify(self, x):
+    def unpatchify(self, x: ms.Tensor) -> ms.Tensor:
         """(N, L, p*p*3) -> (N, 3, H, W), the inverse of patchify."""
         p = self.patch_size
         n, length, _ = x.shape
         g = int(round(length ** 0.5))
         return x.reshape(n, g, g, p, p, 3).transpose(0, 5, 1, 3, 2, 4).reshape(n, 3, g * p, g * p)
 
-    def random_masking(self, x, mask_ratio, noise):
+    def random_masking(self, x: ms.Tensor, mask_ratio: float,
+                       noise: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
         """Keep the int(L * (1 - mask_ratio)) patches with the smallest noise. Returns the kept tokens, the mask
         (N, L; 1 = removed, in the patches' own order) and the order that restores them."""
         n, length, _ = x.shape
@@ -95,7 +96,8 @@ class MaskedAutoencoderViT(PolicyCell):
         mask = cast(ids_restore >= keep, ms.float32)
         return kept, mask, ids_restore
 
-    def forward_encoder(self, imgs, mask_ratio, noise):
+    def forward_encoder(self, imgs: ms.Tensor, mask_ratio: float,
+                        noise: ms.Tensor) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
         x = cast(self.patch_embed(imgs), self.residual_dtype)
         x = x + cast(self.pos_embed[:, 1:, :], x.dtype)
         x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
@@ -105,7 +107,7 @@ class MaskedAutoencoderViT(PolicyCell):
             x = blk(x)
         return self.norm(x), mask, ids_restore
 
-    def forward_decoder(self, x, ids_restore):
+    def forward_decoder(self, x: ms.Tensor, ids_restore: ms.Tensor) -> ms.Tensor:
         x = cast(self.decoder_embed(x), self.residual_dtype)
         n, visible, dim = x.shape
         mask_tokens = ops.broadcast_to(cast(self.mask_token, x.dtype), (n, ids_restore.shape[1] + 1 - visible, dim))
@@ -116,7 +118,7 @@ class MaskedAutoencoderViT(PolicyCell):
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
-    def forward_loss(self, imgs, pred, mask):
+    def forward_loss(self, imgs: ms.Tensor, pred: ms.Tensor, mask: ms.Tensor) -> ms.Tensor:
         """Mean squared error per patch, averaged over the removed patches; with norm_pix_loss each target patch is
         standardised by its own mean and (unbiased, as torch's var) variance."""
         target = self.patchify(cast(imgs, ms.float32))
@@ -127,7 +129,8 @@ class MaskedAutoencoderViT(PolicyCell):
         loss = ((cast(pred, ms.float32) - target) ** 2).mean(axis=-1)
         return (loss * mask).sum() / mask.sum()
 
-    def construct(self, imgs, mask_ratio=0.75, noise=None):
+    def construct(self, imgs: ms.Tensor, mask_ratio: float = 0.75,
+                  noise: Optional[ms.Tensor] = None) -> Tuple[ms.Tensor, ms.Tensor, ms.Tensor]:
         if noise is None:
             noise = ops.rand((imgs.shape[0], self.num_patches), dtype=ms.float32)
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)

@@ -13,18 +13,18 @@ import numpy as np
 _A = -0.75
 
 
-def _cubic_weights(t):
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
     """Weights of the 4 taps at offsets -1, 0, 1, 2 for a fractional position t (torch's upsample_bicubic2d)."""
-    def near(x):  # |x| <= 1
+    def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
         return ((_A + 2) * x - (_A + 3)) * x * x + 1
 
-    def far(x):  # 1 < |x| < 2
+    def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
         return ((_A * x - 5 * _A) * x + 8 * _A) * x - 4 * _A
 
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-def bicubic_matrix(in_size, out_size):
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out_size, in_size) matrix M such that M @ v resizes v like torch's bicubic, align_corners=False."""
     scale = in_size / out_size
     src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
@@ -37,9 +37,9 @@ def bicubic_matrix(in_size, out_size):
     return matrix
 
 
-def antialiased_bicubic_matrix(in_size, out_size, a=-0.5):
+def antialiased_bicubic_matrix(in_size: int, out_size: int, a: float = -0.5) -> np.ndarray:
     """(out_size, in_size) matrix of torch's bicubic resize with antialias=True, align_corners=False."""
-    def kernel(x):
+    def kernel(x: np.ndarray) -> np.ndarray:
         x = np.abs(x)
         return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
                         np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
@@ -59,7 +59,8 @@ def antialiased_bicubic_matrix(in_size, out_size, a=-0.5):
     return matrix
 
 
-def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1, antialias=False):
+def interpolate_pos_embed(pos_embed: np.ndarray, new_grid: int, num_extra_tokens: int = 1,
+                          antialias: bool = False) -> np.ndarray:
     """Resize a (1, extra + g*g, D) position embedding to new_grid x new_grid; extra tokens are kept."""
     pos_embed = np.asarray(pos_embed)
     extra, tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
@@ -75,7 +76,7 @@ def interpolate_pos_embed(pos_embed, new_grid, num_extra_tokens=1, antialias=Fal
     return np.concatenate([extra, resized.astype(pos_embed.dtype)], axis=1)
 
 
-def sincos_pos_embed(embed_dim, grid_size, cls_token=False):
+def sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = False) -> np.ndarray:
     """MAE's fixed 2-D sin-cos position embedding (upstream util/pos_embed.py's get_2d_sincos_pos_embed), in
     float64: (grid_size**2 [+ 1], embed_dim), a zero row first for the class token. As upstream, the first half
     of the channels encodes the column (meshgrid with w first) and the second half the row."""
@@ -85,7 +86,7 @@ def sincos_pos_embed(embed_dim, grid_size, cls_token=False):
     half = embed_dim // 2
     omega = 1.0 / 10000 ** (np.arange(half // 2, dtype=np.float64) / (half / 2.0))
 
-    def encode(positions):
+    def encode(positions: np.ndarray) -> np.ndarray:
         out = np.einsum("m,d->md", positions.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 

@@ -27,7 +27,7 @@ class VisionTransformer(EncoderInterface, PolicyCell):
     """
 
     def __init__(self, config: ModelConfig, img_size: Optional[int] = None, num_classes: int = 1000,
-                 drop_path_rate: float = 0.0, global_pool: Optional[bool] = None):
+                 drop_path_rate: float = 0.0, global_pool: Optional[bool] = None) -> None:
         super().__init__()
         img_size = img_size or config.default_input_size  # the row's
         self.config = config

@@ -50,7 +50,7 @@ class LoadReport:
     unused_pretraining: list = dataclasses.field(default_factory=list)  # MAE decoder, DINO heads, mask tokens
     verified_constants: list = dataclasses.field(default_factory=list)  # DINOv3's bias_mask buffers
 
-    def __str__(self):
+    def __str__(self) -> str:
         def few(keys: list) -> str:
             return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "") if keys else "none"
         unused = f"; pre-training parts not used: {len(self.unused_pretraining)} tensors" \

@@ -7,10 +7,12 @@ directory. MindSpore numbers cached graphs in compile order within a process, so
 uses the cache (a second in-process run would misnumber them), and never under msrun (untested with ranks
 sharing one directory).
 """
+import argparse
 import hashlib
 import json
 import logging
 import os
+from typing import Dict, Mapping, Optional
 
 from util_mindspore.errors import first_line
 from util_mindspore.files.atomic import writable_dir
@@ -22,21 +24,21 @@ _NOT_IN_GRAPH = {"output_dir", "log_dir", "task", "finetune", "resume", "weights
 _claimed = False
 
 
-def cache_root(args):
+def cache_root(args: argparse.Namespace) -> Optional[str]:
     """--compile_cache_dir, else $RETFOUND_MS_COMPILE_CACHE, else <weights cache>/compile; None when 'off'."""
     value = args.compile_cache_dir or os.environ.get("RETFOUND_MS_COMPILE_CACHE") or \
         os.path.join(getattr(args, "weights_cache_dir", None) or default_cache_dir(), "compile")
     return None if value.lower() == "off" else value
 
 
-def graph_key(args, split_sizes):
+def graph_key(args: argparse.Namespace, split_sizes: Mapping[str, int]) -> Dict[str, object]:
     """Every flag that can shape a graph, and the split sizes (they set the last batch's shape)."""
     key = {k: v for k, v in vars(args).items() if k not in _NOT_IN_GRAPH}
     key["split_sizes"] = dict(split_sizes)
     return key
 
 
-def enable_compile_cache(root, key):
+def enable_compile_cache(root: Optional[str], key: Mapping[str, object]) -> Optional[str]:
     """Turn the cache on in root/<hash of our code, MindSpore and key>; returns that directory, or None when the
     cache is off (root None, or a run earlier in this process already used it)."""
     global _claimed
@@ -60,7 +62,7 @@ def enable_compile_cache(root, key):
     return path
 
 
-def _switch(on, path=None):
+def _switch(on: bool, path: Optional[str] = None) -> None:
     """MindSpore's compile cache on (in `path`) or off: its MS_COMPILER_CACHE_ENABLE variable, read when a graph
     is compiled (set_context's enable_compile_cache is deprecated in 2.10)."""
     os.environ["MS_COMPILER_CACHE_ENABLE"] = "1" if on else "0"

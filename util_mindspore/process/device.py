@@ -2,9 +2,11 @@
 
 Every refusal is one line that names the flag and what to do, before any model is built.
 """
+import argparse
 import logging
 import os
 import re
+from typing import Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -26,7 +28,7 @@ class DeviceError(UserError):
     """A device, AMP or jit setting this installation cannot run; the message is one line."""
 
 
-def parse_device(value):
+def parse_device(value: Optional[str]) -> Tuple[Optional[str], Optional[int]]:
     """(target, device id or None) from --device: CPU, GPU, Ascend, cuda[:N], npu[:N] (any case)."""
     if value is None:
         return None, None
@@ -37,14 +39,14 @@ def parse_device(value):
     return target, int(match.group(2)) if match.group(2) else None
 
 
-def _quiet_mindspore_log():
+def _quiet_mindspore_log() -> Optional[logging.Logger]:
     """MindSpore's Python logger (it warns at length while probing a backend); None if it has not made one."""
     prefix = "ME.mindspore.log."
     names = [n for n in logging.Logger.manager.loggerDict if n.startswith(prefix)]
     return logging.getLogger(names[0]) if names else None
 
 
-def backend_available(target):
+def backend_available(target: str) -> bool:
     """Whether this MindSpore installation can run on `target` here (its plugin loaded and found the device)."""
     if target == "CPU":
         return True
@@ -59,7 +61,7 @@ def backend_available(target):
             log.setLevel(level)
 
 
-def bfloat16_supported():
+def bfloat16_supported() -> bool:
     """Whether the current device has a bfloat16 MatMul kernel (MindSpore 2.10's CPU backend has none)."""
     x = ms.Tensor(np.ones((2, 2), np.float32), ms.bfloat16)
     try:
@@ -69,7 +71,7 @@ def bfloat16_supported():
     return True
 
 
-def configure(args):
+def configure(args: argparse.Namespace) -> Tuple[str, str]:
     """Set MindSpore's mode, device and jit level from --device / --mode / --jit_level; refuse what cannot run here.
 
     Returns (device, amp_level): 'CPU', 'GPU' or 'Ascend', and --amp_level with `auto` resolved (O0 on CPU, O2 on
@@ -100,7 +102,7 @@ def configure(args):
     return target, amp_level
 
 
-def keep_mindspore_files_in(folder):
+def keep_mindspore_files_in(folder: str) -> None:
     """Send what MindSpore writes relative to the working directory (rank_<n>/om/analyze_fail.ir on a compile
     error, kernel_meta/ of GPU and Ascend kernel builds) to `folder`, unless the user set MindSpore's own
     variables. MindSpore creates the folder only when it writes there."""

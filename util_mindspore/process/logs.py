@@ -5,6 +5,7 @@ load report (each rank loads weights; a rank that cannot is worth seeing).
 """
 import logging
 import sys
+from typing import TextIO
 
 LOGGER = "retfound"
 
@@ -12,19 +13,19 @@ LOGGER = "retfound"
 class _StdoutHandler(logging.StreamHandler):
     """Writes to sys.stdout as it is when a record comes (pytest and progress bars may swap it meanwhile)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(sys.stdout)
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stdout
 
     @stream.setter
-    def stream(self, value):
+    def stream(self, value: TextIO) -> None:
         pass
 
 
-def setup_logging(rank=0):
+def setup_logging(rank: int = 0) -> logging.Logger:
     """One stdout handler on the `retfound` logger: INFO on rank 0, WARNING elsewhere; idempotent."""
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):

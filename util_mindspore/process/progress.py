@@ -11,12 +11,13 @@ from tqdm import tqdm
 logger = logging.getLogger("retfound")
 
 
-def _duration(seconds):
+def _duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
 class Progress:
-    def __init__(self, total, header, enabled=True, unit="it", print_freq=20, min_interval=60.0):
+    def __init__(self, total: int, header: str, enabled: bool = True, unit: str = "it", print_freq: int = 20,
+                 min_interval: float = 60.0) -> None:
         self.total, self.header, self.unit = total, header, unit
         self.print_freq, self.min_interval = max(1, print_freq), min_interval
         self.enabled, self.count = enabled, 0
@@ -25,7 +26,7 @@ class Progress:
         if enabled and sys.stdout.isatty():
             self.bar = tqdm(total=total, desc=header, unit=unit, leave=False, dynamic_ncols=True, file=sys.stdout)
 
-    def update(self, n=1, **values):
+    def update(self, n: int = 1, **values: object) -> None:
         """`n` more steps done; `values` (loss, lr, ...) are shown beside the counts."""
         self.count += n
         if not self.enabled:
@@ -46,7 +47,7 @@ class Progress:
         logger.info("%s [%d/%d]  %s  %.2f %s/s  elapsed %s  left %s", self.header, self.count, self.total, text,
                     rate, self.unit, _duration(elapsed), _duration(left))
 
-    def close(self):
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -4,6 +4,7 @@ rows and checkpoints with the first's. A lock whose run died (kill -9, a lost no
 an flock with its process) and is taken over. The holder's PID, host, start time and command are in the file, for
 the message. Under msrun rank 0 holds it for the run (`hold_for_run`), and every rank learns the outcome.
 """
+import argparse
 import contextlib
 import datetime
 import errno
@@ -13,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Iterator, Tuple
 
 from util_mindspore.errors import UserError
 from util_mindspore.process import distributed
@@ -25,7 +27,7 @@ class FolderInUse(UserError):
     """Another live run writes into this folder."""
 
 
-def _holder_text(path):
+def _holder_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
             info = json.load(fh)
@@ -34,7 +36,7 @@ def _holder_text(path):
         return "another run"
 
 
-def _acquire(folder, what):
+def _acquire(folder: str, what: str) -> Tuple[int, str]:
     """(fd, path) of the folder's lock, taken; FolderInUse when a live run holds it."""
     path = os.path.join(folder, LOCK_NAME)
     while True:
@@ -65,7 +67,7 @@ def _acquire(folder, what):
 
 
 @contextlib.contextmanager
-def hold(folder, what):
+def hold(folder: str, what: str) -> Iterator[None]:
     """Hold `folder`'s lock (creating the folder) for the duration; FolderInUse if a live run holds it."""
     os.makedirs(folder, exist_ok=True)
     fd, path = _acquire(folder, what)
@@ -78,7 +80,7 @@ def hold(folder, what):
 
 
 @contextlib.contextmanager
-def hold_for_run(folder, what, args):
+def hold_for_run(folder: str, what: str, args: argparse.Namespace) -> Iterator[None]:
     """`hold` on rank 0 of a (possibly msrun) run; every rank raises FolderInUse when rank 0 could not take it."""
     if not distributed.is_main_process(args):
         if distributed.all_reduce_max(0, args):

@@ -3,14 +3,19 @@
 Only tests use this: it needs torch. See ../shared/reference/retfound-facts.md for the layouts.
 """
 import argparse
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from util_mindspore.reference.torch_models import create_reference, randomize_
+from util_mindspore.reference.torch_models import UpstreamMAE, create_reference, randomize_
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
-def _decoder(sd, patch, dec_dim=32, positions=197):
+def _decoder(sd: Dict[str, torch.Tensor], patch: int, dec_dim: int = 32,
+             positions: int = 197) -> Dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     sd["mask_token"] = torch.randn(1, 1, dec_dim, generator=g)
     sd["decoder_pos_embed"] = torch.randn(1, positions, dec_dim, generator=g)
@@ -23,7 +28,7 @@ def _decoder(sd, patch, dec_dim=32, positions=197):
     return sd
 
 
-def mae_pretrained(path, name="vit_tiny_patch16", seed=11, **size):
+def mae_pretrained(path: str, name: str = "vit_tiny_patch16", seed: int = 11, **size: int) -> Dict[str, torch.Tensor]:
     """A RETFound-MAE pretraining checkpoint: encoder with norm.*, 14x14 grid, decoder, optimizer, args."""
     encoder = randomize_(create_reference(name, img_size=224, num_classes=0, global_pool=False, **size), seed)
     sd = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -42,7 +47,7 @@ def mae_pretrained(path, name="vit_tiny_patch16", seed=11, **size):
     return sd
 
 
-def dinov2_pretrained(path, chunked=False, depth=2, seed=12):
+def dinov2_pretrained(path: str, chunked: bool = False, depth: int = 2, seed: int = 12) -> Dict[str, torch.Tensor]:
     """A RETFound-DINOv2 teacher: backbone. prefix, 37x37 grid (518 px), mask token, DINO/iBOT heads."""
     backbone = randomize_(create_reference("RETFound_dinov2", img_size=518, num_classes=0, depth=depth), seed)
     teacher = {}
@@ -61,7 +66,8 @@ def dinov2_pretrained(path, chunked=False, depth=2, seed=12):
     return teacher
 
 
-def finetuned(path, name="vit_tiny_patch16", num_classes=3, img_size=224, seed=14, **size):
+def finetuned(path: str, name: str = "vit_tiny_patch16", num_classes: int = 3, img_size: int = 224, seed: int = 14,
+              **size: int) -> torch.nn.Module:
     """An upstream fine-tuned checkpoint-best.pth: fc_norm + head, optimizer, scaler, args."""
     model = randomize_(create_reference(name, img_size=img_size, num_classes=num_classes, global_pool=True, **size),
                        seed)
@@ -70,7 +76,7 @@ def finetuned(path, name="vit_tiny_patch16", num_classes=3, img_size=224, seed=1
     return model
 
 
-def upstream_load(model, path):
+def upstream_load(model: torch.nn.Module, path: str) -> torch.nn.Module:
     """Upstream main_finetune.py's --finetune procedure (torch side), without its head re-initialisation."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     # Dinov2 / Dinov3: a raw state dict (Meta's *_pretrain.pth)
@@ -92,7 +98,7 @@ def upstream_load(model, path):
     return model.eval()
 
 
-def timm_dinov2_lvd142m(path, depth=2, seed=15, name="RETFound_dinov2"):
+def timm_dinov2_lvd142m(path: str, depth: int = 2, seed: int = 15, name: str = "RETFound_dinov2") -> torch.nn.Module:
     """timm's HuggingFace `timm/vit_<size>_patch14_dinov2.lvd142m` model.safetensors: timm key names, no head,
     37x37 grid (518 px)."""
     from safetensors.torch import save_file
@@ -101,7 +107,7 @@ def timm_dinov2_lvd142m(path, depth=2, seed=15, name="RETFound_dinov2"):
     return model
 
 
-def meta_dinov2(path, name, depth=None, seed=16):
+def meta_dinov2(path: str, name: str, depth: Optional[int] = None, seed: int = 16) -> torch.nn.Module:
     """Meta's `dinov2_<arch>_pretrain.pth`: a raw state dict, 37x37 grid, mask_token, SwiGLU as w12/w3 (ViT-g)."""
     model = randomize_(create_reference(name, img_size=518, num_classes=0, depth=depth), seed)
     sd = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.") if name.endswith("g14") else k: v.clone()
@@ -111,7 +117,7 @@ def meta_dinov2(path, name, depth=None, seed=16):
     return model
 
 
-def meta_dinov3(path, name, depth=None, seed=17):
+def meta_dinov3(path: str, name: str, depth: Optional[int] = None, seed: int = 17) -> Dict[str, torch.Tensor]:
     """Meta's `dinov3_<arch>_pretrain.pth` (facebookresearch/dinov3): a raw state dict with the model's own keys,
     the `bias_mask` buffers (key part 0) and the RoPE `periods`; random values, a non-zero key bias (masked)."""
     sd = meta_dinov3_state(name, depth, seed)
@@ -119,7 +125,7 @@ def meta_dinov3(path, name, depth=None, seed=17):
     return sd
 
 
-def meta_dinov3_state(name, depth=None, seed=17):
+def meta_dinov3_state(name: str, depth: Optional[int] = None, seed: int = 17) -> Dict[str, torch.Tensor]:
     """The state dict of meta_dinov3, not written."""
     from mindspore.nn.utils import no_init_parameters
 
@@ -149,14 +155,15 @@ def meta_dinov3_state(name, depth=None, seed=17):
     return sd
 
 
-def upstream_args(**values):
+def upstream_args(**values: Any) -> argparse.Namespace:
     """The argparse.Namespace upstream's checkpoints carry (its main_finetune.py's, with the values given)."""
     defaults = dict(model="RETFound_mae", model_arch="dinov3_vits16", input_size=256, nb_classes=8, global_pool=True,
                     drop_path=0.2, batch_size=128, epochs=50, seed=0, task="", adaptation="finetune")
     return argparse.Namespace(**{**defaults, **values})
 
 
-def upstream_best(path, name, num_classes=3, img_size=224, seed=14, global_pool=True, depth=None, **args):
+def upstream_best(path: str, name: str, num_classes: int = 3, img_size: int = 224, seed: int = 14,
+                  global_pool: bool = True, depth: Optional[int] = None, **args: Any) -> torch.nn.Module:
     """upstream's current checkpoint-best.pth (util/misc.save_model, mode 'best'): {'model', 'epoch', 'args'}, the
     model upstream's main_finetune.py builds for `name` (RETFound_mae, RETFound_dinov2, a Dinov2 size); the head
     scaled so that probabilities are not all 1/C. Returns the torch model."""
@@ -170,7 +177,8 @@ def upstream_best(path, name, num_classes=3, img_size=224, seed=14, global_pool=
     return model.eval()
 
 
-def upstream_best_dinov3(path, name, num_classes=3, img_size=64, depth=None, seed=17):
+def upstream_best_dinov3(path: str, name: str, num_classes: int = 3, img_size: int = 64, depth: Optional[int] = None,
+                         seed: int = 17) -> "Dict[str, np.ndarray]":
     """upstream's checkpoint-best.pth of --model Dinov3 --model_arch <name>: Meta's keys (bias_mask, mask_token,
     periods) and the head upstream adds. Returns the state dict (numpy) for the reference."""
     sd = meta_dinov3_state(name, depth, seed)
@@ -183,7 +191,8 @@ def upstream_best_dinov3(path, name, num_classes=3, img_size=64, depth=None, see
     return {k: v.numpy() for k, v in sd.items()}
 
 
-def mae_published(path, name="mae_vit_tiny_patch16_depth2", seed=18, norm_pix_loss=True, img_size=224, **overrides):
+def mae_published(path: str, name: str = "mae_vit_tiny_patch16_depth2", seed: int = 18, norm_pix_loss: bool = True,
+                  img_size: int = 224, **overrides: Any) -> UpstreamMAE:
     """A published RETFound MAE checkpoint of an MAE (upstream's models_mae.py state dict: encoder and decoder, the
     fixed sin-cos tables), with optimizer, epoch, scaler and args as upstream's main_pretrain.py saves them. Returns
     the reference model."""

@@ -8,6 +8,7 @@ through timm's own key conversion, as timm loads Meta's weights, and writes the 
 import os
 import subprocess
 import sys
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -25,16 +26,17 @@ TIMM_DINOV3 = {
 }
 
 
-def available():
+def available() -> bool:
     return os.path.isdir(os.path.join(TIMM_REFERENCE, "timm"))
 
 
-def install_hint():
+def install_hint() -> str:
     return (f"the DINOv3 reference needs timm {TIMM_REFERENCE_VERSION} apart from timm 0.9.2: pip install --no-deps "
             f"--target {TIMM_REFERENCE} timm=={TIMM_REFERENCE_VERSION} (.ci/run does)")
 
 
-def reference_logits(name, checkpoint, depth, img_size, head, images, folder):
+def reference_logits(name: str, checkpoint: str, depth: Optional[int], img_size: int, head: Mapping[str, np.ndarray],
+                     images: np.ndarray, folder: str) -> np.ndarray:
     """Logits of timm's DINOv3 `name` with `checkpoint` (Meta layout) and the given head, in a child process."""
     np.savez(os.path.join(folder, "head.npz"), **head)
     np.save(os.path.join(folder, "images.npy"), images)
@@ -48,7 +50,8 @@ def reference_logits(name, checkpoint, depth, img_size, head, images, folder):
     return np.load(out)
 
 
-def main(model_name, checkpoint, depth, img_size, head_path, images_path, out_path):
+def main(model_name: str, checkpoint: str, depth: str, img_size: str, head_path: str, images_path: str,
+         out_path: str) -> None:
     import timm
     import torch
     assert timm.__version__ == TIMM_REFERENCE_VERSION, timm.__version__

@@ -4,12 +4,18 @@ Imported only by tests (and benchmarks); torch and timm are dev extras, never ru
 """
 import contextlib
 from functools import partial
+from typing import TYPE_CHECKING, Any, Collection, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import timm
 import timm.models.vision_transformer
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_M = TypeVar("_M", bound=nn.Module)  # randomize_ / explicit_attention give back the model they were given
 
 
 class UpstreamVisionTransformer(timm.models.vision_transformer.VisionTransformer):
@@ -19,14 +25,14 @@ class UpstreamVisionTransformer(timm.models.vision_transformer.VisionTransformer
     x[:, 0] and applies fc_norm a second time. That is the behaviour our port reproduces.
     """
 
-    def __init__(self, global_pool=False, **kwargs):
+    def __init__(self, global_pool: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.global_pool = global_pool
         if self.global_pool:
             self.fc_norm = kwargs["norm_layer"](kwargs["embed_dim"])
             del self.norm
 
-    def forward_features(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = self.pos_drop(x + self.pos_embed)
@@ -45,7 +51,8 @@ TIMM_DINOV2 = {"RETFound_dinov2": "vit_large_patch14_dinov2.lvd142m",
                   for s, n in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))}}
 
 
-def create_reference(name, img_size=224, num_classes=5, drop_path_rate=0.0, global_pool=True, depth=None):
+def create_reference(name: str, img_size: int = 224, num_classes: int = 5, drop_path_rate: float = 0.0,
+                     global_pool: bool = True, depth: Optional[int] = None) -> nn.Module:
     """The upstream model for one of our registry names (depth overrides the size, for fast tests)."""
     if name in TIMM_DINOV2:
         extra = {} if depth is None else {"depth": depth}
@@ -63,7 +70,7 @@ def create_reference(name, img_size=224, num_classes=5, drop_path_rate=0.0, glob
 
 
 @torch.no_grad()
-def randomize_(model, seed=0):
+def randomize_(model: _M, seed: int = 0) -> _M:
     """Random weights that exercise every parameter: norm weights away from 1, gammas 0.05-0.5."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
@@ -78,11 +85,12 @@ def randomize_(model, seed=0):
     return model
 
 
-def numpy_state_dict(model):
+def numpy_state_dict(model: nn.Module) -> "Dict[str, np.ndarray]":
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def upstream_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=(), layer_decay=0.75):
+def upstream_param_groups_lrd(model: nn.Module, weight_decay: float = 0.05, no_weight_decay_list: Collection[str] = (),
+                              layer_decay: float = 0.75) -> List[Dict[str, Any]]:
     """Upstream util/lr_decay.py's param_groups_lrd (BEiT), for torch.optim.AdamW."""
     groups = {}
     num_layers = len(model.blocks) + 1
@@ -105,7 +113,8 @@ def upstream_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=(),
     return list(groups.values())
 
 
-def upstream_adjust_learning_rate(optimizer, epoch, lr, min_lr, warmup_epochs, epochs):
+def upstream_adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, lr: float, min_lr: float,
+                                  warmup_epochs: float, epochs: float) -> float:
     """Upstream util/lr_sched.py's adjust_learning_rate."""
     import math
     if epoch < warmup_epochs:
@@ -119,7 +128,7 @@ def upstream_adjust_learning_rate(optimizer, epoch, lr, min_lr, warmup_epochs, e
 
 
 @contextlib.contextmanager
-def cuda_autocast_on_cpu(dtype=torch.float16):
+def cuda_autocast_on_cpu(dtype: torch.dtype = torch.float16) -> Iterator[None]:
     """torch.cuda.amp.autocast()'s casts, emulated on the CPU (upstream trains under CUDA autocast).
 
     CPU autocast puts linear / matmul / conv in `dtype` as CUDA's does, but runs layer_norm and softmax in the
@@ -129,10 +138,10 @@ def cuda_autocast_on_cpu(dtype=torch.float16):
     """
     layer_norm, softmax = F.layer_norm, torch.Tensor.softmax
 
-    def layer_norm_fp32(x, *args, **kwargs):
+    def layer_norm_fp32(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return layer_norm(x.float(), *args, **kwargs)
 
-    def softmax_fp32(self, *args, **kwargs):
+    def softmax_fp32(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return softmax(self.float(), *args, **kwargs)
 
     F.layer_norm, torch.Tensor.softmax = layer_norm_fp32, softmax_fp32
@@ -143,7 +152,7 @@ def cuda_autocast_on_cpu(dtype=torch.float16):
         F.layer_norm, torch.Tensor.softmax = layer_norm, softmax
 
 
-def explicit_attention(model):
+def explicit_attention(model: _M) -> _M:
     """Turn off timm's fused attention, so attention runs as q @ k^T, softmax, @ v (see cuda_autocast_on_cpu)."""
     for module in model.modules():
         if hasattr(module, "fused_attn"):
@@ -155,8 +164,9 @@ class UpstreamMAE(nn.Module):
     """upstream RETFound_MAE's models_mae.MaskedAutoencoderViT (after facebookresearch/mae) on timm 0.9.2: timm's
     Block without the qk_scale argument timm 0.9 no longer takes; fixed sin-cos tables from upstream's formula."""
 
-    def __init__(self, img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512,
-                 decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0, norm_pix_loss=False):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 1024, depth: int = 24,
+                 num_heads: int = 16, decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
+                 mlp_ratio: float = 4.0, norm_pix_loss: bool = False) -> None:
         super().__init__()
         from timm.models.vision_transformer import Block, PatchEmbed
         norm = partial(nn.LayerNorm, eps=1e-6)
@@ -179,19 +189,20 @@ class UpstreamMAE(nn.Module):
         self.pos_embed.data.copy_(torch.from_numpy(upstream_sincos(embed_dim, grid)).float()[None])
         self.decoder_pos_embed.data.copy_(torch.from_numpy(upstream_sincos(decoder_embed_dim, grid)).float()[None])
 
-    def patchify(self, imgs):
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         p = self.patch_embed.patch_size[0]
         h = w = imgs.shape[2] // p
         x = imgs.reshape(imgs.shape[0], 3, h, p, w, p)
         return torch.einsum("nchpwq->nhwpqc", x).reshape(imgs.shape[0], h * w, p * p * 3)
 
-    def unpatchify(self, x):
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_embed.patch_size[0]
         h = w = int(x.shape[1] ** 0.5)
         x = torch.einsum("nhwpqc->nchpwq", x.reshape(x.shape[0], h, w, p, p, 3))
         return x.reshape(x.shape[0], 3, h * p, h * p)
 
-    def random_masking(self, x, mask_ratio, noise):
+    def random_masking(self, x: torch.Tensor, mask_ratio: float,
+                       noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, length, d = x.shape
         keep = int(length * (1 - mask_ratio))
         ids_shuffle = torch.argsort(noise, dim=1)
@@ -201,7 +212,8 @@ class UpstreamMAE(nn.Module):
         mask[:, :keep] = 0
         return x_masked, torch.gather(mask, 1, ids_restore), ids_restore
 
-    def forward(self, imgs, mask_ratio=0.75, noise=None):
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75,
+                noise: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         x, mask, ids_restore = self.random_masking(x, mask_ratio, noise)
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
@@ -225,7 +237,7 @@ class UpstreamMAE(nn.Module):
         return (loss * mask).sum() / mask.sum(), pred, mask
 
 
-def upstream_sincos(embed_dim, grid):
+def upstream_sincos(embed_dim: int, grid: int) -> "np.ndarray":
     """upstream util/pos_embed.get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True), with np.float64 for the
     np.float numpy 1.24 removed."""
     import numpy as np
@@ -233,7 +245,7 @@ def upstream_sincos(embed_dim, grid):
     gw = np.arange(grid, dtype=np.float32)
     g = np.stack(np.meshgrid(gw, gh), axis=0).reshape([2, 1, grid, grid])
 
-    def one_d(dim, pos):
+    def one_d(dim: int, pos: np.ndarray) -> np.ndarray:
         omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.)
         out = np.einsum("m,d->md", pos.reshape(-1), 1. / 10000 ** omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
@@ -242,7 +254,7 @@ def upstream_sincos(embed_dim, grid):
     return np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
 
 
-def create_mae_reference(name, img_size=224, norm_pix_loss=False, **overrides):
+def create_mae_reference(name: str, img_size: int = 224, norm_pix_loss: bool = False, **overrides: Any) -> UpstreamMAE:
     """The upstream MAE for one of our registered MAE names (overrides: depth=2, decoder_depth=1, ...)."""
     from util_mindspore.registry import get_config
     config = get_config(name).replace(**overrides)
@@ -252,7 +264,7 @@ def create_mae_reference(name, img_size=224, norm_pix_loss=False, **overrides):
                        config.mlp_ratio, norm_pix_loss)
 
 
-def upstream_add_weight_decay(model, weight_decay=0.05):
+def upstream_add_weight_decay(model: nn.Module, weight_decay: float = 0.05) -> List[Dict[str, Any]]:
     """timm 0.3.2's optim_factory.add_weight_decay as upstream main_pretrain.py calls it."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -1,12 +1,14 @@
 """Fine-tuning's epoch and the evaluation of a split (upstream engine_finetune.py's `train_one_epoch` and
 `evaluate`): the epoch loop it shares with pre-training is util_mindspore/training/epoch_loop.py, the compiled step
 util_mindspore/training/train_step.py; rank 0 writes the metrics, predictions and pictures."""
+import argparse
 import json
 import logging
 import os
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, nn
 
 from util_mindspore.data.mixup import one_hot
 from util_mindspore.evaluation import figures
@@ -17,13 +19,21 @@ from util_mindspore.process import distributed
 from util_mindspore.process.progress import Progress
 from util_mindspore.training import epoch_loop
 
+if TYPE_CHECKING:
+    from util_mindspore.data.datasets import Loader
+    from util_mindspore.data.mixup import Mixup
+    from util_mindspore.training.tensorboard_log import TensorBoardLog
+    from util_mindspore.training.train_step import TrainStep
+
 logger = logging.getLogger("retfound")
 
 
-def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None, tb_log=None):
+def train_one_epoch(train_step: "TrainStep", loader: "Loader", epoch: int, args: argparse.Namespace,
+                    mixup_fn: Optional["Mixup"] = None,
+                    tb_log: Optional["TensorBoardLog"] = None) -> Tuple[Dict[str, float], List[float]]:
     """Upstream's train_one_epoch (training/epoch_loop.py): one-hot targets, or mixup / cutmix's soft ones.
     Returns the epoch's stats and every iteration's lr."""
-    def step_inputs(it, images, targets):
+    def step_inputs(it: int, images: np.ndarray, targets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         if mixup_fn is not None:
             return mixup_fn(images, targets)
         return images, one_hot(targets, args.nb_classes)
@@ -31,7 +41,8 @@ def train_one_epoch(train_step, loader, epoch, args, mixup_fn=None, tb_log=None)
                                       diverged_hint="lower --lr / --blr, or check the data")
 
 
-def predict(model, loader, args, header):
+def predict(model: nn.Cell, loader: "Loader", args: argparse.Namespace,
+            header: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Logits, labels, dataset indices and per-batch losses for this rank's part of the loader (or all of it)."""
     model.set_train(False)
     logits, labels, indices, losses = [], [], [], []
@@ -50,7 +61,9 @@ def predict(model, loader, args, header):
             np.concatenate(indices) if indices else np.zeros(0, np.int64), np.asarray(losses, dtype=np.float64))
 
 
-def evaluate(model, loader, args, mode, class_names, out_dir, epoch=None, tb_log=None, checkpoint=None):
+def evaluate(model: nn.Cell, loader: "Loader", args: argparse.Namespace, mode: str, class_names: Sequence[str],
+             out_dir: str, epoch: Optional[int] = None, tb_log: Optional["TensorBoardLog"] = None,
+             checkpoint: Optional[str] = None) -> Dict[str, float]:
     """Metrics on one split (upstream's, scikit-learn); rank 0 writes them with the predictions into `out_dir`
     (write_evaluation) and, given a TensorBoard writer, upstream's `perf/<metric>` scalars at `epoch`.
     With --dist_eval each rank predicts its disjoint slice and the rows are gathered: every image counted once.
@@ -77,7 +90,9 @@ def evaluate(model, loader, args, mode, class_names, out_dir, epoch=None, tb_log
     return results
 
 
-def write_evaluation(out_dir, mode, results, paths, labels, probs, class_names, checkpoint=None, args=None):
+def write_evaluation(out_dir: str, mode: str, results: Mapping[str, float], paths: Sequence[str], labels: np.ndarray,
+                     probs: np.ndarray, class_names: Sequence[str], checkpoint: Optional[str] = None,
+                     args: Optional[argparse.Namespace] = None) -> None:
     """metrics_<mode>.csv (a row appended), predictions_<mode>.csv; on test also the bootstrap confidence
     intervals (metrics_test_ci.csv) and the pictures (confusion matrix, ROC curves; PNG / JPG and PDF)."""
     os.makedirs(out_dir, exist_ok=True)
@@ -97,6 +112,6 @@ def write_evaluation(out_dir, mode, results, paths, labels, probs, class_names, 
                             title=f"ROC, one vs rest, test{what}")
 
 
-def append_log(out_dir, row):
+def append_log(out_dir: str, row: Mapping[str, object]) -> None:
     """log.txt gains one JSON line, rewritten whole through a temporary file (never half a line)."""
     append_whole(os.path.join(out_dir, "log.txt"), json.dumps(row) + "\n")

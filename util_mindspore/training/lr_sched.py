@@ -1,8 +1,9 @@
 """Upstream's per-iteration schedule: linear warmup, then half-cosine down to min_lr."""
+import argparse
 import math
 
 
-def learning_rate(epoch, args):
+def learning_rate(epoch: float, args: argparse.Namespace) -> float:
     """lr at fractional epoch `epoch` (= iteration / iterations_per_epoch + epoch index)."""
     if epoch < args.warmup_epochs:
         return args.lr * epoch / args.warmup_epochs

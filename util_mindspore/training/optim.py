@@ -11,6 +11,8 @@ would hold a parameter-sized temporary each). These two kernels are faster on CP
 but runs out of memory for ViT-L on CPU (figures in docs/PERFORMANCE.md). lr comes in as a tensor each step, so
 the schedule never recompiles.
 """
+from typing import Iterable, Sequence, Tuple
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
@@ -18,7 +20,8 @@ from util_mindspore.models.initializers import written_zeros_like
 
 
 class AdamW(nn.Cell):
-    def __init__(self, params, lr_scales, weight_decays, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params: Iterable[Parameter], lr_scales: Sequence[float], weight_decays: Sequence[float],
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__()
         self.params = ms.ParameterTuple(params)
         if not (len(self.params) == len(lr_scales) == len(weight_decays)):
@@ -35,7 +38,7 @@ class AdamW(nn.Cell):
         self.decay = ops.ApplyGradientDescent()
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, grads, lr):
+    def construct(self, grads: Tuple[Tensor, ...], lr: Tensor) -> Tuple[Tensor, ...]:
         step = self.step + 1.0
         ops.assign(self.step, step)
         beta1_power = ops.pow(self.beta1_t, step)
@@ -44,7 +47,9 @@ class AdamW(nn.Cell):
         return self.hyper_map(ops.partial(self._update, lr, beta1_power, beta2_power, eps_step), self.lr_scales,
                               self.weight_decays, self.params, self.exp_avg, self.exp_avg_sq, grads)
 
-    def _update(self, lr, beta1_power, beta2_power, eps_step, lr_scale, weight_decay, param, m, v, grad):
+    def _update(self, lr: Tensor, beta1_power: Tensor, beta2_power: Tensor, eps_step: Tensor, lr_scale: Tensor,
+                weight_decay: Tensor, param: Parameter, m: Parameter, v: Parameter,
+                grad: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         lr = lr * lr_scale
         # decoupled decay first, as torch, in place (p -= lr wd p): no temporary the size of the parameter
         param = ops.depend(param, self.decay(param, lr * weight_decay, param))

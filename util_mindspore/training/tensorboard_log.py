@@ -7,7 +7,7 @@ tensorboardX is optional (`pip install -e ".[tensorboard]"`); without it the run
 import argparse
 import logging
 import os
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ PERF_METRICS = ("accuracy", "f1", "roc_auc", "hamming", "jaccard", "precision", 
                 "kappa", "score")
 
 
-def _summary_writer_class():
+def _summary_writer_class() -> Optional[type]:
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -31,7 +31,7 @@ class TensorBoardLog:
     """Rank 0 writes; every rank calls the same methods (the per-step losses are averaged over ranks)."""
 
     def __init__(self, args: argparse.Namespace, folder: Optional[str] = None, loss_tag: str = "loss/train",
-                 resumed_at: int = 0):
+                 resumed_at: int = 0) -> None:
         """Scalars into `folder` (default <log_dir>/<task>); the per-step loss under `loss_tag` (MAE pre-training:
         upstream's `train_loss`). A run resumed at epoch `resumed_at` purges the per-step scalars a stopped run wrote
         from there on (TensorBoard's purge_step), so the epochs it trains again are drawn once."""
@@ -52,7 +52,8 @@ class TensorBoardLog:
 
     enabled = False
 
-    def log_training_epoch(self, epoch, steps_per_epoch, losses, lrs):
+    def log_training_epoch(self, epoch: int, steps_per_epoch: int, losses: Sequence[float],
+                           lrs: Sequence[float]) -> None:
         """One epoch's per-iteration losses and lrs; written at optimizer steps, as upstream.
 
         Under msrun the losses are averaged over ranks once per epoch (one collective) rather than at every step.
@@ -72,7 +73,7 @@ class TensorBoardLog:
                 self.writer.add_scalar("lr", float(lr), x)
         self.writer.flush()
 
-    def log_evaluation(self, results, epoch):
+    def log_evaluation(self, results: Mapping[str, float], epoch: Optional[int]) -> None:
         if self.writer is None:
             return
         for name in PERF_METRICS:
@@ -80,7 +81,7 @@ class TensorBoardLog:
         self.writer.add_scalar("loss/val", results["val_loss"], epoch)
         self.writer.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -41,7 +41,7 @@ def soft_target_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 class ClassifierLoss(nn.Cell):
     """Fine-tuning's loss: cross-entropy of the model's logits against soft targets (one-hot, or mixup's)."""
 
-    def __init__(self, model: nn.Cell):
+    def __init__(self, model: nn.Cell) -> None:
         super().__init__(auto_prefix=False)  # the model's parameters keep their PyTorch names
         self.model = model
 
@@ -52,7 +52,7 @@ class ClassifierLoss(nn.Cell):
 class MaeLoss(nn.Cell):
     """MAE pre-training's loss: the masked autoencoder's own (models_mae_mindspore), its masking drawn from `noise`."""
 
-    def __init__(self, model: nn.Cell, mask_ratio: float = 0.75):
+    def __init__(self, model: nn.Cell, mask_ratio: float = 0.75) -> None:
         super().__init__(auto_prefix=False)
         self.model, self.mask_ratio = model, float(mask_ratio)
 
@@ -78,7 +78,7 @@ class TrainStep(nn.Cell):
 
     def __init__(self, loss: nn.Cell, optimizer: nn.Cell, clip_grad: Optional[float] = None, accum_iter: int = 1,
                  grad_reducer: Optional[nn.Cell] = None, init_loss_scale: float = 2.0 ** 16,
-                 growth_interval: int = 2000, loss_scaling: bool = True):
+                 growth_interval: int = 2000, loss_scaling: bool = True) -> None:
         super().__init__(auto_prefix=False)
         self.loss_scaling = bool(loss_scaling)
         self.loss, self.optimizer = loss, optimizer

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import models_vit_mindspore as M
-from tests.parity import assert_within, both_modes, mindspore_twin, random_images, set_mode
+from tests.parity import assert_within, both_modes, mindspore_twin, random_images, relative_error, set_mode
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2 (pip install -e '.[dev]')")
@@ -37,7 +37,8 @@ SMALL = [("vit_tiny_patch16", 64, True, 2e-6), ("vit_tiny_patch16", 48, False, 2
 
 @pytest.mark.parametrize("name,size,global_pool,bound", SMALL)
 def test_reduced_depth_logits_match_upstream_in_both_modes(name, size, global_pool, bound):
-    """Real widths (tiny, ViT-L) at 2 blocks; the head scaled to give logits of order 1."""
+    """Real widths (tiny, ViT-L) at 2 blocks, random weights in the published layout; logits relative to max(1,
+    |logit|) (tests/parity.relative_error)."""
     ref = randomize_(create_reference(name, img_size=size, num_classes=4, global_pool=global_pool, depth=2), seed=1)
     ours = mindspore_twin(name, numpy_state_dict(ref), img_size=size, num_classes=4, global_pool=global_pool, depth=2)
     images = random_images(2, size)
@@ -56,8 +57,10 @@ def test_forward_features_is_upstreams_pre_logits_and_forward_embedding_its_forw
         pre_logits = ref.forward_head(features, pre_logits=True).numpy()
         embedding = features.reshape(2, -1).numpy()
     set_mode("pynative")
-    assert np.abs(ours.forward_features(ms.Tensor(x)).asnumpy() - pre_logits).max() <= 1e-5
-    assert np.abs(ours.forward_embedding(ms.Tensor(x)).asnumpy() - embedding).max() <= 1e-5
+    assert_within("ViT-Tiny forward_features vs upstream's pre-logits (depth 2)",
+                  relative_error(ours.forward_features(ms.Tensor(x)).asnumpy(), pre_logits), 1e-5)
+    assert_within("ViT-Tiny forward_embedding vs upstream's forward_features (depth 2)",
+                  relative_error(ours.forward_embedding(ms.Tensor(x)).asnumpy(), embedding), 1e-5)
     assert np.abs(pre_logits - embedding).max() > 1e-3  # the two vectors differ: the test tells them apart
 
 
@@ -137,3 +140,6 @@ def test_dinov2_small_and_base_at_full_depth_match_timm(name, bound):
     assert_twin_logits(name, 224, bound, f"{name} 224px full depth")
 
 
+@pytest.mark.vitl
+def test_dinov2_large_at_full_depth_matches_timm():
+    assert_twin_logits("dinov2_vitl14", 224, 2e-5, "dinov2_vitl14 224px full depth (ViT-L)")

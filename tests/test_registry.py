@@ -3,7 +3,9 @@ table states the rows' parameter counts."""
 import functools
 import math
 import re
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from mindspore.nn.utils import no_init_parameters
 
@@ -75,33 +77,59 @@ def test_upstream_family_names_pick_a_size_with_model_arch():
     assert "mae_vit_large_patch16" not in R.list_models() and "mae_vit_large_patch16" in R.list_models(False)
 
 
-def test_facts_behaviour_follows_from_the_rows():
-    """Defaults come from the rows (upstream's input sizes, DINOv2's LVD-142M loaded as timm loads it, the embedding
-    each family gives), never from a name's spelling."""
-    assert R.get_config("RETFound_mae").default_input_size == 256
-    assert all(R.get_config(n).default_input_size == 224 for n in R.upstream_families()["Dinov2"])
-    assert R.get_config("dinov3_vitl16").default_input_size == 256  # upstream's --input_size, any multiple of 16
-    lvd = R.get_config("RETFound_dinov2").default_weights
-    assert lvd.name == "timm/vit_large_patch14_dinov2.lvd142m/model.safetensors"
-    assert (lvd.pos_embed_resize, lvd.head_init_std) == ("bicubic_antialias", 0.02)
-    assert R.get_config("RETFound_dinov2").finetune == R.FINETUNE == R.WeightsSource("--finetune", "bicubic", 2e-5)
-    assert R.get_config("RETFound_mae").default_weights is None
-    assert {n: R.get_config(n).embedding for n in ("RETFound_mae", "RETFound_dinov2", "dinov3_vits16")} == \
-        {"RETFound_mae": "forward_features", "RETFound_dinov2": "patch_mean_layernorm",
-         "dinov3_vits16": "class_token"}
-    assert R.published_weights()["RETFound_dinov2_meh"] == "RETFound_dinov2"
-    assert R.encoder_config(R.get_config("mae_vit_large_patch16")).name == "RETFound_mae"
-    assert R.architectures_like(384, 12, 16) == ["dinov3_vits16", "dinov3_vits16plus", "vit_small_patch16"]
+def test_behaviour_follows_from_a_rows_facts_never_from_its_name(tmp_path):
+    """A row whose facts no real model has (input size 48, heads drawn with std 0.5, the class token as embedding,
+    read for unnamed checkpoints of its shape): every reader behaves as the row says."""
+    import argparse
+
+    from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+    from util_mindspore.checkpoints.trained_model import model_of_checkpoint
+    from util_mindspore.cli.options import input_size_help
+    from util_mindspore.training.finetuning import resolve_settings
+    row = R.get_config("vit_tiny_patch16").replace(
+        name="zz_rowtest", depth=3, default_input_size=48, head_init_std=0.5, global_pool=None,
+        embedding="class_token", reads_unnamed=True, summary="a row for this test")
+    R.register(row)
+    try:
+        np.random.seed(0)
+        model = M.create_model("zz_rowtest", num_classes=64)  # no size, no std given: the row's
+        assert model.patch_embed.grid_size == 3 and len(model.blocks) == 3 and not model.global_pool
+        assert 0.45 < float(model.head.weight.asnumpy().std()) < 0.55
+        args = argparse.Namespace(model="zz_rowtest", model_arch=None, input_size=None)
+        resolve_settings(args)
+        assert args.input_size == 48 and "48 for" in input_size_help() and "zz_rowtest" in input_size_help()
+        weights = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+        assert model_of_checkpoint(weights, "x.pth") == "zz_rowtest"  # the shape, read as the row says
+        path = str(tmp_path / "checkpoint-best.ckpt")
+        save_checkpoint(path, model, None, 0, 0.0, [f"c{i}" for i in range(64)], args, kind="best")
+        trained = M.load_trained_model(path)
+        assert (trained.name, trained.input_size, trained.global_pool) == ("zz_rowtest", 48, False)
+        assert trained.embedding == R.EMBEDDINGS["class_token"]
+    finally:
+        R.unregister("zz_rowtest")
+    with pytest.raises(R.UnknownModelError, match="unknown model 'zz_rowtest'"):
+        M.create_model("zz_rowtest")
 
 
-def test_a_new_size_is_one_row():
-    """register() adds a name that every reader then knows (create_model, the trained-model reader, messages)."""
+def test_a_new_size_is_one_row(tmp_path):
+    """register() adds a name that every reader then knows: create_model, --model's help and the size messages,
+    the trained-model reader (by the name a checkpoint records, and by its shapes), the converter's shape match."""
+    from util_mindspore.checkpoints.train_checkpoint import save_checkpoint
+    from util_mindspore.checkpoints.trained_model import model_of_checkpoint
+    from util_mindspore.cli.options import model_choices
     row = R.get_config("dinov2_vits14").replace(name="dinov2_vits14_depth3", depth=3, summary="a test size")
     R.register(row)
     try:
-        with no_init_parameters():
-            model = M.create_model("dinov2_vits14_depth3", img_size=28, num_classes=2)
+        model = M.create_model("dinov2_vits14_depth3", img_size=28, num_classes=2)
         assert len(model.blocks) == 3 and "dinov2_vits14_depth3" in R.architectures_like(384, 3, 14)
+        assert "dinov2_vits14_depth3" in model_choices() and "dinov2_vits14_depth3" in R.describe_vit(384, 3, 14)
+        weights = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+        assert model_of_checkpoint(weights, "x.pth") == "dinov2_vits14_depth3"
+        path = str(tmp_path / "checkpoint-best.ckpt")
+        save_checkpoint(path, model, None, 0, 0.0, ["a", "b"], SimpleNamespace(model="dinov2_vits14_depth3"),
+                        kind="best")
+        trained = M.load_trained_model(path)
+        assert (trained.name, trained.input_size, trained.class_names) == ("dinov2_vits14_depth3", 28, ["a", "b"])
         with pytest.raises(ValueError, match="already registered"):
             R.register(row)
     finally:

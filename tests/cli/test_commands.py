@@ -77,6 +77,7 @@ def test_mindspores_own_log_is_quiet_unless_verbose(monkeypatch):
     monkeypatch.delenv("GLOG_v")
     startup.prepare_process(["--verbose"])
     assert "GLOG_v" not in os.environ
-    done = subprocess.run([sys.executable, "-c", "import sys, util_mindspore.cli.commands, util_mindspore.cli.startup; print('mindspore' in sys.modules)"],
+    code = "import sys, util_mindspore.cli.commands, util_mindspore.cli.startup; print('mindspore' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.stdout.strip() == "False"  # the entry points' module imports no MindSpore: it runs before it loads

@@ -10,7 +10,7 @@ from util_mindspore.models.compute_policy import apply_policy, needs_loss_scalin
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (pip install -e '.[dev]')")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2 (pip install -e '.[dev]')")
-from util_mindspore.reference.torch_models import (
+from util_mindspore.reference.torch_models import (  # noqa: E402
     create_reference,
     cuda_autocast_on_cpu,
     explicit_attention,

@@ -1,5 +1,5 @@
-"""DINOv3 against timm 1.0.31's DINOv3 (the reference, run in a child process: util_mindspore/reference/dinov3.py), loading
-Meta-layout random checkpoints through timm's own key conversion; RoPE's training-time rescaling."""
+"""DINOv3 against timm 1.0.31's DINOv3 (the reference, run in a child process: util_mindspore/reference/dinov3.py),
+loading Meta-layout random checkpoints through timm's own key conversion; RoPE's training-time rescaling."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -52,6 +52,11 @@ def test_dinov3_family_at_reduced_depth_matches_timm(name, bound, tmp_path):
 @pytest.mark.parametrize("name,bound", [("dinov3_vits16", 1e-6), ("dinov3_vitb16", 3e-6)])
 def test_dinov3_small_and_base_at_full_depth_match_timm(name, bound, tmp_path):
     assert_dinov3_matches_timm(name, tmp_path, 224, bound)
+
+
+@pytest.mark.vitl
+def test_dinov3_large_at_full_depth_matches_timm(tmp_path):
+    assert_dinov3_matches_timm("dinov3_vitl16", tmp_path, 224, 2e-6)
 
 
 def test_rotary_coordinates_are_rescaled_in_training_only():

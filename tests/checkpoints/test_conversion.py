@@ -134,7 +134,8 @@ def test_converted_ckpt_is_the_one_ms_save_checkpoint_writes(tmp_path, monkeypat
                        expected)
     theirs = open(expected, "rb").read()
     ours = open(ckpt, "rb").read()
-    assert ours[:len(theirs)] == theirs  # then the source's metadata and our end marker (tests/test_ckpt_format.py)
+    # then the source's metadata and our end marker (tests/checkpoints/test_ckpt_format.py)
+    assert ours[:len(theirs)] == theirs
     assert read_checkpoint(ckpt).meta["layout"] == "finetuned" or read_checkpoint(ckpt).meta["layout"] == "mae"
     assert ckpt_format.END_MARKER.encode() in ours[len(theirs):]
 

@@ -15,9 +15,9 @@ from tests.hf_server import FakeHub
 
 torch = pytest.importorskip("torch", reason="writing a checkpoint in the published layout needs torch")
 pytest.importorskip("timm", reason="the PyTorch reference needs timm==0.9.2")
+from tests.helpers import ROOT  # noqa: E402
 from util_mindspore.reference import checkpoint_layouts as layouts  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.msrun
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import models_vit_mindspore as M
-from tests.parity import assert_within, random_images, set_mode
+from tests.parity import assert_within, random_images, relative_error, set_mode
 from util_mindspore.models.compute_policy import ComputePolicy, apply_policy
 from util_mindspore.models.layers import DropPath, Softmax
 
@@ -41,6 +41,73 @@ def test_softmax_backward_matches_torch(mode, policy):
     (torch.softmax(xt, -1) * torch.from_numpy(weights)).sum().backward()
     np.testing.assert_allclose(ours, xt.grad.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(softmax(ms.Tensor(x)).asnumpy(), ms.ops.softmax(ms.Tensor(x), -1).asnumpy())
+
+
+class _SentinelSoftmaxBackward(ms.nn.Cell):
+    """Softmax whose backward says 7 everywhere: where it shows, this rule is the one that ran."""
+
+    def construct(self, x):
+        return ms.ops.softmax(x, axis=-1)
+
+    def bprop(self, x, out, dout):
+        return (ms.ops.ones_like(dout) * 7.0,)
+
+
+class _SentinelBiasAddBackward(ms.nn.Cell):
+    """BiasAdd whose bias gradient says 7 everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias_add = ms.ops.BiasAdd()
+
+    def construct(self, x, bias):
+        return self.bias_add(x, bias)
+
+    def bprop(self, x, bias, out, dout):
+        return dout, ms.ops.ones_like(bias) * 7.0
+
+
+class _BiasGrad(ms.nn.Cell):
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+        self.grad = ms.ops.GradOperation(get_by_list=True)
+        self.params = ms.ParameterTuple(linear.trainable_params())
+
+    def weighted_sum(self, x, weights):
+        return (self.linear(x) * weights).sum()
+
+    def construct(self, x, weights):
+        return self.grad(self.weighted_sum, self.params)(x, weights)[1]
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_the_cpu_forms_gradients_come_from_their_own_backward_rules(mode, monkeypatch):
+    """The test above passes with MindSpore's stock softmax backward too; this one shows that the CPU forms'
+    gradients come from their own rules (layers._SoftmaxWithMatmulBackward, _BiasAddWithMatmulBackward): with each
+    rule swapped for one that says 7, the CPU forms' gradients are 7 and the plain forms' are unchanged."""
+    from util_mindspore.models import layers
+    set_mode(mode)
+    rng = np.random.default_rng(9)
+    x, weights = (rng.standard_normal((2, 4, 5, 5)) * 3).astype(np.float32), rng.standard_normal((2, 4, 5, 5))
+    linear_x, linear_w = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((6, 4))
+
+    def gradients():
+        out = {}
+        for form, policy in (("cpu", CPU_FORMS), ("plain", PLAIN_FORMS)):
+            softmax, linear = apply_policy(Softmax(), policy), apply_policy(layers.Linear(8, 4), policy)
+            out[form] = (_InputGrad(softmax)(ms.Tensor(x), ms.Tensor(weights, ms.float32)).asnumpy(),
+                         _BiasGrad(linear)(ms.Tensor(linear_x), ms.Tensor(linear_w, ms.float32)).asnumpy())
+        return out
+
+    before = gradients()
+    monkeypatch.setattr(layers, "_SoftmaxWithMatmulBackward", _SentinelSoftmaxBackward)
+    monkeypatch.setattr(layers, "_BiasAddWithMatmulBackward", _SentinelBiasAddBackward)
+    after = gradients()
+    assert (after["cpu"][0] == 7.0).all() and (after["cpu"][1] == 7.0).all()
+    np.testing.assert_array_equal(after["plain"][0], before["plain"][0])
+    np.testing.assert_array_equal(after["plain"][1], before["plain"][1])
+    np.testing.assert_allclose(before["cpu"][1], linear_w.sum(axis=0), rtol=1e-6)  # the real bias gradient
 
 
 @pytest.mark.parametrize("mode", ["pynative", "graph"])
@@ -105,9 +172,9 @@ def test_cpu_and_plain_forms_give_the_same_logits_and_gradients(mode, name, size
         _, grads = ms.value_and_grad(_loss_of(model), None, model.trainable_params())(images, labels)
         results.append((logits, [g.asnumpy() for g in grads]))
     (logits_cpu, grads_cpu), (logits_plain, grads_plain) = results
-    diff = np.abs(logits_cpu - logits_plain).max()
+    diff = relative_error(logits_cpu, logits_plain)
     assert_within(f"{name} CPU vs plain kernel forms, logits relative to max(1, |logit|) ({mode})",
-                  diff / max(np.abs(logits_cpu).max(), 1.0), 5e-6)
+                  diff, 5e-6)
     for param, g_cpu, g_plain in zip(cpu.trainable_params(), grads_cpu, grads_plain):
         rel = np.linalg.norm(g_cpu - g_plain) / max(np.linalg.norm(g_cpu), 1e-12)
         assert rel <= 1e-5, f"{param.name}: gradients differ by {rel:.2e} between the forms"

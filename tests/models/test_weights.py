@@ -8,7 +8,7 @@ import pytest
 
 import models_vit_mindspore as M
 from tests.helpers import TOKEN, publish
-from tests.parity import assert_within, ms_logits, random_images, set_mode
+from tests.parity import assert_within, ms_logits, random_images, relative_error, set_mode
 from util_mindspore.checkpoints.conversion import CONVERTER_VERSION, download_and_convert_weights
 from util_mindspore.errors import WeightError
 from util_mindspore.models import initializers
@@ -38,7 +38,7 @@ def assert_logits_equal(ours, ref, size, what, bound=5e-6):
     images = random_images(2, size, seed=21)
     with torch.no_grad():
         expected = ref.eval()(torch.from_numpy(images)).numpy()
-    assert_within(what, np.abs(ms_logits(ours, images) - expected).max(), bound)
+    assert_within(what, relative_error(ms_logits(ours, images), expected), bound)
 
 
 @pytest.mark.parametrize("size", [224, 256])

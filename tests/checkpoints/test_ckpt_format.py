@@ -6,6 +6,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT
 from util_mindspore.checkpoints import ckpt_format
 from util_mindspore.checkpoints.ckpt_format import save_arrays_ckpt
 from util_mindspore.checkpoints.train_checkpoint import read_checkpoint
@@ -125,7 +126,7 @@ def test_every_single_byte_flip_of_a_checkpoint_is_refused_never_a_crash_or_a_ch
                       "head.bias": np.zeros(3, np.float32), "optimizer.step": np.array(2.0, np.float32)}, path,
                      append_dict={"epoch": 1, "best_score": 0.5, "meta": meta})
     done = subprocess.run([sys.executable, "-c", SWEEP, path, str(tmp_path / "flipped.ckpt")], capture_output=True,
-                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+                          text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     size = os.path.getsize(path)
@@ -201,7 +202,7 @@ def test_kill_9_during_saves_never_leaves_a_file_that_is_read(tmp_path):
     raced = 0
     for _ in range(6):
         process = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, target], stdout=subprocess.PIPE, text=True,
-                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                   cwd=ROOT)
         assert process.stdout.readline().strip() == "first save done"  # a save is complete: now race the next ones
         for _ in range(int(rng.integers(1, 20))):  # a few more saves run (each partial file appears and goes)
             while not os.path.exists(partial):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import models_vit_mindspore as M
 from tests.conftest import require
-from tests.parity import assert_within, set_mode
+from tests.parity import assert_within, relative_error, set_mode
 from util_mindspore import registry as R
 from util_mindspore.data.transforms import EvalTransform, NotebookEmbeddingTransform
 from util_mindspore.errors import WeightError
@@ -65,7 +65,7 @@ def test_upstream_checkpoint_best_of_each_vit_family_gives_upstreams_probabiliti
         with torch.no_grad():
             expected = torch.softmax(upstream(torch.from_numpy(images)).double(), 1).numpy()
         assert_within(f"upstream checkpoint-best.pth of {family} {name} (depth 2), probabilities",
-                      np.abs(ours_probabilities(trained, images) - expected).max(), 1e-4)
+                      relative_error(ours_probabilities(trained, images), expected), 1e-4)
 
 
 @pytest.mark.parametrize("name", [name if name in ("dinov3_vits16", "dinov3_vits16plus") else  # plain, SwiGLU
@@ -89,7 +89,7 @@ def test_upstream_checkpoint_best_of_every_dinov3_size_gives_upstreams_probabili
         head = {"weight": sd["head.weight"], "bias": sd["head.bias"]}
         expected = softmax(dinov3_reference.reference_logits(name, raw, 2, 64, head, images, str(tmp_path)))
         assert_within(f"upstream checkpoint-best.pth of Dinov3 {name} (depth 2), probabilities",
-                      np.abs(ours_probabilities(trained, images) - expected).max(), 1e-4)
+                      relative_error(ours_probabilities(trained, images), expected), 1e-4)
 
 
 def test_the_checkpoints_own_arguments_name_the_model(tmp_path):
@@ -139,13 +139,15 @@ def test_published_encoder_embedding_is_the_notebooks_vector(tmp_path):
             assert trained.global_pool and "initial values" in trained.embedding
             ours = trained.model.forward_embedding(ms.Tensor(images)).asnumpy()
             assert_within(f"published MAE encoder embedding vs latent_feature.ipynb ({type(transform).__name__}, "
-                          "depth 2)", np.abs(ours - notebook_vector(path, "RETFound_mae", images, depth=2)).max(), 1e-5)
+                          "depth 2)", relative_error(ours, notebook_vector(path, "RETFound_mae", images, depth=2)),
+                          1e-5)
         cls = M.load_trained_model(path, model_name=small, with_head=False, global_pool=False)
         reference = create_reference("RETFound_mae", img_size=224, num_classes=0, global_pool=False, depth=2)
         layouts.upstream_load(reference, path)
         with torch.no_grad():
             expected = reference.forward_features(torch.from_numpy(images)).numpy()
-        assert np.abs(cls.model.forward_embedding(ms.Tensor(images)).asnumpy() - expected).max() <= 1e-5
+        assert_within("published MAE encoder --cls_token embedding vs upstream's forward_features (depth 2)",
+                      relative_error(cls.model.forward_embedding(ms.Tensor(images)).asnumpy(), expected), 1e-5)
 
 
 @pytest.mark.vitl
@@ -160,7 +162,7 @@ def test_published_vit_large_encoder_embedding_is_the_notebooks_vector(tmp_path)
         images = np.stack([transform(p) for p in pictures])
         ours = trained.model.forward_embedding(ms.Tensor(images)).asnumpy()
         assert_within(f"published MAE encoder embedding vs latent_feature.ipynb ({type(transform).__name__}, ViT-L)",
-                      np.abs(ours - notebook_vector(path, "RETFound_mae", images)).max(), 1e-5)
+                      relative_error(ours, notebook_vector(path, "RETFound_mae", images)), 1e-5)
 
 
 @pytest.mark.vitl
@@ -174,5 +176,5 @@ def test_upstream_vit_large_checkpoint_best_reads_its_own_settings(tmp_path, fam
     with torch.no_grad():
         expected = torch.softmax(upstream(torch.from_numpy(images)).double(), 1).numpy()
     assert_within(f"upstream checkpoint-best.pth of {family} (ViT-L), probabilities",
-                  np.abs(ours_probabilities(trained, images) - expected).max(), 1e-4)
+                  relative_error(ours_probabilities(trained, images), expected), 1e-4)
     assert os.path.getsize(path) > 1e9
