@@ -38,7 +38,7 @@ from util_mindspore.errors import ArgumentError
 from util_mindspore.evaluation import metrics as metrics_lib
 from util_mindspore.files.atomic import remove_stale_temporaries
 from util_mindspore.files.names import printable
-from util_mindspore.process import distributed, run_lock
+from util_mindspore.process import compile_cache, distributed, run_lock
 from util_mindspore.process.run_start import start_run
 from util_mindspore.registry import get_config, resolve_model_name
 from util_mindspore.training import finetuning as ft
@@ -215,6 +215,12 @@ def run_task(args: argparse.Namespace, state: RunState) -> int:
     resumed, checkpoint = ft.load_resume(args, model, train_step) if args.resume else (None, None)
     if resumed is not None:
         state.__dict__.update(resumed.__dict__)
+        if state.start_epoch >= args.epochs:  # the resumed run trained every epoch already
+            if ft.tested(ft.task_dir(args)):
+                logger.info("%s already finished: it trained %d of %d epochs and its final test is in %s; nothing to "
+                            "do", args.resume, state.start_epoch, args.epochs, ft.task_dir(args))
+                return 0
+            compile_cache.disable_compile_cache()  # only the test's graph, in another order than the cache holds
     if distributed.is_main_process(args):  # the input is good: from here on the run writes
         os.makedirs(out_dir, exist_ok=True)
         ft.write_json(os.path.join(out_dir, "args.json"), vars(args))

@@ -62,6 +62,12 @@ def enable_compile_cache(root: Optional[str], key: Mapping[str, object]) -> Opti
     return path
 
 
+def disable_compile_cache() -> None:
+    """Off for the rest of this process, before its first graph: a process that compiles its graphs in another
+    order than the run that filled the cache (a finished run's final test alone) must not load them by number."""
+    _switch(False)
+
+
 def _switch(on: bool, path: Optional[str] = None) -> None:
     """MindSpore's compile cache on (in `path`) or off: its MS_COMPILER_CACHE_ENABLE variable, read when a graph
     is compiled (set_context's enable_compile_cache is deprecated in 2.10)."""

@@ -47,6 +47,12 @@ def task_dir(args: argparse.Namespace) -> str:
     return os.path.join(args.output_dir, args.task)
 
 
+def tested(folder: str) -> bool:
+    """Whether the run in this task folder ended: its final test wrote metrics_test.csv (the run's own outputs
+    say so; the benchmark reads this too)."""
+    return metrics_lib.count_rows(os.path.join(folder, "metrics_test.csv")) > 0
+
+
 def evaluation_dir(args: argparse.Namespace) -> str:
     """Where --eval writes: <task>/eval_<checkpoint name>/, so an evaluation never changes a training run's files."""
     stem = os.path.splitext(os.path.basename(args.resume.rstrip("/")))[0] or "checkpoint"
